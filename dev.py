@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Set-up and entry points that need nothing but python3.
+
+    python3 dev.py bench   # set up if needed, then a quick benchmark of the whole routing path
+    python3 dev.py test    # set up if needed, then the test suite
+
+Set-up makes `.venv` (seeing the system's packages, so a GPU machine keeps its own torch),
+installs `torch==2.13.0` and `triton==3.7.1` only when torch is missing, and installs this
+project in editable mode with its test extras. Standard library only.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+VENV_PY = VENV / "bin" / "python"
+STAMP = VENV / ".moe-routing-bench-ready"
+TORCH_PIN = "torch==2.13.0"
+TRITON_PIN = "triton==3.7.1"
+
+
+def _run(cmd: list[str], **kw) -> int:
+    print("+", " ".join(str(c) for c in cmd), flush=True)
+    return subprocess.call([str(c) for c in cmd], cwd=ROOT, **kw)
+
+
+def _check(cmd: list[str]) -> None:
+    rc = _run(cmd)
+    if rc != 0:
+        sys.exit(f"dev.py: set-up step failed (exit {rc}): {' '.join(map(str, cmd))}")
+
+
+def _importable(module: str) -> bool:
+    return subprocess.call([str(VENV_PY), "-c", f"import {module}"], cwd=ROOT,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) == 0
+
+
+def setup() -> None:
+    """Idempotent: does the work once, then only when pyproject.toml changes."""
+    pyproject = ROOT / "pyproject.toml"
+    if STAMP.exists() and STAMP.stat().st_mtime >= pyproject.stat().st_mtime and _importable("moe_routing_bench"):
+        return
+    if not VENV_PY.exists():
+        _check([sys.executable, "-m", "venv", "--system-site-packages", VENV])
+    missing = []
+    if not _importable("torch"):
+        missing += [TORCH_PIN, TRITON_PIN, "numpy"]
+    elif not _importable("triton"):
+        missing += [TRITON_PIN]
+    if missing:
+        _check([VENV_PY, "-m", "pip", "install", "-q", *missing])
+    _check([VENV_PY, "-m", "pip", "install", "-q", "--no-build-isolation", "-e", ".[test]"])
+    STAMP.touch()
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in {"setup", "bench", "test"}:
+        print(__doc__)
+        return 2
+    setup()
+    what, rest = argv[0], argv[1:]
+    if what == "setup":
+        return 0
+    if what == "bench":
+        return _run([VENV_PY, "-m", "moe_routing_bench.cli", "quick", "--out", "results/quick.jsonl", *rest])
+    rc = _run([VENV_PY, "-m", "pytest", "-q", *rest])
+    if rc == 5:
+        print("dev.py: pytest collected no tests; that is a failure here", file=sys.stderr)
+        return 1
+    return rc
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main(sys.argv[1:]))

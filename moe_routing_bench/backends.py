@@ -1,0 +1,96 @@
+"""Backend registry: name -> the four routing primitives, all computing the same functions.
+
+| backend   | what it is                                                                 |
+|-----------|----------------------------------------------------------------------------|
+| `torch`   | the readable reference (`routers`, `plan`, `dispatch`) and the test oracle |
+| `compile` | torch.compile of each reference primitive (one compiled region per op)     |
+| `triton`  | fused kernels from `kernels/` (the interpreter on machines without a GPU)  |
+
+Primitives: route(logits_TE, strategy, top_k, **opts) -> Routing; build_plan(routing, **opts) -> Plan;
+pack(x_TH, plan) -> x_RH; combine(y_RH, plan) -> out_TH (see each module for semantics).
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from . import dispatch, plan, routers
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    route: Callable[..., routers.Routing]
+    build_plan: Callable[..., plan.Plan]
+    pack: Callable[[torch.Tensor, plan.Plan], torch.Tensor]
+    combine: Callable[[torch.Tensor, plan.Plan], torch.Tensor]
+
+
+def _torch_backend() -> Backend:
+    return Backend("torch", routers.route, plan.build_plan, dispatch.pack, dispatch.combine)
+
+
+def _compile_backend() -> Backend:
+    compiled_plan = torch.compile(plan.plan_tensors, dynamic=False)
+    compiled_route = torch.compile(routers.route, dynamic=False)
+
+    def route(logits_TE, strategy, top_k, **opts):
+        routers.canonical_strategy(strategy)  # raise ConfigError outside the compiled region
+        routers.check_top_k(top_k, logits_TE.shape[-1])
+        return compiled_route(logits_TE, strategy, top_k, **opts)
+
+    return Backend(
+        "compile",
+        route,
+        functools.partial(plan.build_plan, impl=compiled_plan),
+        torch.compile(dispatch.pack, dynamic=False),
+        torch.compile(dispatch.combine, dynamic=False),
+    )
+
+
+def _triton_backend() -> Backend:
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are decorated
+    from .kernels import triton_backend
+
+    return triton_backend()
+
+
+_FACTORIES: dict[str, Callable[[], Backend]] = {
+    "torch": _torch_backend,
+    "compile": _compile_backend,
+    "triton": _triton_backend,
+}
+
+BACKENDS = tuple(_FACTORIES)
+
+
+def backend_unavailable_reason(name: str) -> str | None:
+    """Why `name` cannot run here, or None when it can."""
+    if name not in _FACTORIES:
+        return f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}"
+    if name == "triton":
+        if importlib.util.find_spec("triton") is None:
+            return "triton is not installed"
+        if importlib.util.find_spec("moe_routing_bench.kernels.triton_backend") is None:
+            return "the triton kernels are not built into this version"
+    return None
+
+
+def available_backends() -> list[str]:
+    return [name for name in BACKENDS if backend_unavailable_reason(name) is None]
+
+
+@functools.lru_cache(maxsize=None)
+def get_backend(name: str) -> Backend:
+    """The backend called `name`; ConfigError for an unknown or unavailable one."""
+    reason = backend_unavailable_reason(name)
+    if reason is not None:
+        raise ConfigError(reason)
+    return _FACTORIES[name]()

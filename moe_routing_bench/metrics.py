@@ -1,0 +1,71 @@
+"""Metric formulas (DESIGN section 4). Names follow the seed README; units are in the names.
+
+Shape legend: T tokens, E experts, K experts per token.
+"""
+from __future__ import annotations
+
+import torch
+
+GiB = 2**30
+
+
+def bytes_per_token_strict(top_k: int, hidden_dim: int, dtype_bytes: int, op: str = "pack_combine") -> int:
+    """(2 + 2K) * H * bytes for pack + combine; (1 + K) * H * bytes for pack or combine alone.
+
+    Pack reads a token row and writes K rows; combine reads K rows and writes one."""
+    per_op = (1 + top_k) * hidden_dim * dtype_bytes
+    if op == "pack_combine":
+        return 2 * per_op
+    if op in ("pack", "combine"):
+        return per_op
+    raise ValueError(f"unknown op {op!r}")
+
+
+def bytes_moved_kept(kept_assignments: int, num_tokens: int, hidden_dim: int, dtype_bytes: int, op: str) -> int:
+    """Bytes pack or combine must move counting kept rows only: T token rows plus the kept rows."""
+    per_op = (num_tokens + kept_assignments) * hidden_dim * dtype_bytes
+    return 2 * per_op if op == "pack_combine" else per_op
+
+
+def bandwidth(num_bytes: float, seconds: float, copy_bytes_per_s: float | None = None) -> dict[str, float]:
+    """bw_GiBps (binary), bw_GBps (decimal) and pct_of_copy (vs the copy bandwidth measured in
+    the same process, when given)."""
+    rate = num_bytes / seconds
+    out = {"bw_GiBps": rate / GiB, "bw_GBps": rate / 1e9}
+    if copy_bytes_per_s:
+        out["pct_of_copy"] = 100.0 * rate / copy_bytes_per_s
+    return out
+
+
+def load_stats(counts_E: torch.Tensor) -> dict[str, float]:
+    """Per-expert load before drops: load_cv = std/mean (population std), max/mean, empty experts."""
+    counts = counts_E.double()
+    mean = counts.mean()
+    std = counts.std(correction=0)
+    return {
+        "load_mean": float(mean),
+        "load_std": float(std),
+        "load_cv": float(std / mean) if mean > 0 else 0.0,
+        "load_max_over_mean": float(counts.max() / mean) if mean > 0 else 0.0,
+        "empty_experts": int((counts == 0).sum()),
+    }
+
+
+def drop_rates(kept_TK: torch.Tensor, valid_TK: torch.Tensor | None = None) -> dict[str, float]:
+    """avg_drop_rate = dropped assignments / assignments; token_drop_rate = tokens with every
+    assignment dropped / tokens (only tokens that had an assignment count)."""
+    valid = torch.ones_like(kept_TK) if valid_TK is None else valid_TK
+    assignments = valid.sum()
+    dropped = (valid & ~kept_TK).sum()
+    routed = valid.any(-1)
+    lost = routed & ~(kept_TK & valid).any(-1)
+    return {
+        "avg_drop_rate": float(dropped / assignments.clamp(min=1)),
+        "token_drop_rate": float(lost.sum() / routed.sum().clamp(min=1)),
+    }
+
+
+def gate_entropy(probs_TE: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of the entropy (nats) of the full router distribution."""
+    p = probs_TE.float()
+    return -(p * torch.log(p.clamp_min(1e-30))).sum(-1).mean()

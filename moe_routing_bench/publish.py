@@ -1,0 +1,703 @@
+"""Publish the asv dashboard so that it renders with no network access.
+
+asv 0.6.6 writes an ``index.html`` that loads jQuery, flot, flot-orderbars, stupidtable,
+blueimp-md5 and bootstrap from public CDNs; offline, the page redirects to ``error.html``.
+This module fetches those libraries as npm packages at publish time (``npm pack``) into a
+cache directory outside the repository, copies the files the page needs into
+``<html_dir>/vendor/`` and rewrites the CDN ``src``/``href`` attributes to point there.
+Third-party code is never committed: the cache lives under ``~/.cache`` by default and the
+html output (``.asv/html/``) is gitignored.
+
+Public API::
+
+    publish(config="asv.conf.json", cache_dir=None) -> Path   # asv publish + vendoring
+    vendor_asv_assets(html_dir, cache_dir) -> None
+    rewrite_cdn_references(html, vendor_prefix="vendor/") -> str   # pure
+    external_references(html) -> list[str]                          # pure
+    check_no_external_references(html, source="<string>") -> None   # raises ExternalReferenceError
+    default_cache_dir() -> Path
+    serve(html_dir, port=0) -> (server, url)      # 127.0.0.1 only
+    served(html_dir, port=0)                      # context manager yielding the url
+    screenshot(url, out_png, *, wait_ms=15000) -> None   # headless Chromium, no network
+    dump_dom(url, *, wait_ms=15000) -> str
+
+Command line: ``python -m moe_routing_bench.publish [--config asv.conf.json]
+[--cache-dir DIR] [--serve] [--screenshot out.png]``.
+
+Standard library only (no torch import), so it runs in any environment that has asv.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import functools
+import hashlib
+import html.parser
+import http.server
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+__all__ = [
+    "ASV_VERSION",
+    "CdnAsset",
+    "CDN_ASSETS",
+    "NPM_PACKAGES",
+    "ExternalReferenceError",
+    "VendoringError",
+    "BrowserNotFoundError",
+    "default_cache_dir",
+    "rewrite_cdn_references",
+    "external_references",
+    "check_no_external_references",
+    "fetch_npm_packages",
+    "vendor_asv_assets",
+    "read_asv_config",
+    "publish",
+    "serve",
+    "served",
+    "find_chromium",
+    "chromium_command",
+    "screenshot",
+    "dump_dom",
+]
+
+#: asv release whose ``www/index.html`` the table below was written against.
+ASV_VERSION = "0.6.6"
+
+#: npm packages providing the libraries asv 0.6.6 loads from CDNs.
+NPM_PACKAGES: tuple[str, ...] = (
+    "jquery@3.3.1",
+    "flot@0.8.3",
+    "flot-orderbars@1.0.0",
+    "stupid-table-plugin@1.1.3",  # the CDN serves 1.0.1; npm has only 1.1.3
+    "blueimp-md5@2.19.0",
+    "bootstrap@3.1.1",
+)
+
+
+@dataclass(frozen=True)
+class CdnAsset:
+    """One CDN reference in asv's index.html and its local replacement."""
+
+    url: str  #: exact CDN URL in asv 0.6.6's index.html
+    package: str  #: npm spec from NPM_PACKAGES
+    source: str  #: path inside the npm tarball (below ``package/``)
+    dest: str  #: path below ``<html_dir>/vendor/``
+    #: Subresource-integrity value that the npm bytes match (kept in the page), or None when
+    #: the npm file differs from the CDN one (the ``integrity=`` attribute is then dropped).
+    integrity: str | None
+
+
+CDN_ASSETS: tuple[CdnAsset, ...] = (
+    CdnAsset("https://code.jquery.com/jquery-3.3.1.min.js",
+             "jquery@3.3.1", "dist/jquery.min.js", "jquery/jquery.min.js",
+             "sha256-FgpCb/KJQlLNfOu91ta32o/NMZxltwRo8QtmkMRdAu8="),
+    # flot: npm ships only the unminified sources, so the CDN hashes of the .min.js differ.
+    CdnAsset("https://cdnjs.cloudflare.com/ajax/libs/flot/0.8.3/jquery.flot.min.js",
+             "flot@0.8.3", "jquery.flot.js", "flot/jquery.flot.js", None),
+    CdnAsset("https://cdnjs.cloudflare.com/ajax/libs/flot/0.8.3/jquery.flot.time.min.js",
+             "flot@0.8.3", "jquery.flot.time.js", "flot/jquery.flot.time.js", None),
+    CdnAsset("https://cdnjs.cloudflare.com/ajax/libs/flot/0.8.3/jquery.flot.selection.min.js",
+             "flot@0.8.3", "jquery.flot.selection.js", "flot/jquery.flot.selection.js", None),
+    CdnAsset("https://cdnjs.cloudflare.com/ajax/libs/flot/0.8.3/jquery.flot.categories.min.js",
+             "flot@0.8.3", "jquery.flot.categories.js", "flot/jquery.flot.categories.js", None),
+    CdnAsset("https://cdn.jsdelivr.net/npm/flot-orderbars@1.0.0/js/jquery.flot.orderBars.js",
+             "flot-orderbars@1.0.0", "js/jquery.flot.orderBars.js",
+             "flot-orderbars/jquery.flot.orderBars.js",
+             "sha256-OXNbT0b5b/TgglckAfR8VaJ2ezZv0dHoIeRKjYMKEr8="),
+    # stupidtable: the CDN serves 1.0.1, npm has only 1.1.3 (same API as used by asv).
+    CdnAsset("https://cdnjs.cloudflare.com/ajax/libs/stupidtable/1.0.1/stupidtable.min.js",
+             "stupid-table-plugin@1.1.3", "stupidtable.min.js", "stupidtable/stupidtable.min.js",
+             None),
+    CdnAsset("https://cdnjs.cloudflare.com/ajax/libs/blueimp-md5/2.19.0/js/md5.min.js",
+             "blueimp-md5@2.19.0", "js/md5.min.js", "blueimp-md5/md5.min.js",
+             "sha512-8pbzenDolL1l5OPSsoURCx9TEdMFTaeFipASVrMYKhuYtly+k3tcsQYliOEKTmuB1t7yuzAiVo+yd7SJz+ijFQ=="),
+    CdnAsset("https://cdn.jsdelivr.net/npm/bootstrap@3.1.1/dist/js/bootstrap.min.js",
+             "bootstrap@3.1.1", "dist/js/bootstrap.min.js", "bootstrap/js/bootstrap.min.js",
+             "sha256-iY0FoX8s/FEg3c26R6iFw3jAtGbzDwcA5QJ1fiS0A6E="),
+    CdnAsset("https://cdn.jsdelivr.net/npm/bootstrap@3.1.1/dist/css/bootstrap.min.css",
+             "bootstrap@3.1.1", "dist/css/bootstrap.min.css", "bootstrap/css/bootstrap.min.css",
+             "sha256-6VA0SGkrc43SYPvX98q/LhHwm2APqX5us6Vuulsafps="),
+)
+
+#: Extra files copied with the assets: bootstrap.min.css loads ``../fonts/glyphicons-*``.
+EXTRA_FILES: tuple[tuple[str, str, str], ...] = tuple(
+    ("bootstrap@3.1.1", f"dist/fonts/glyphicons-halflings-regular.{ext}",
+     f"bootstrap/fonts/glyphicons-halflings-regular.{ext}")
+    for ext in ("eot", "svg", "ttf", "woff")
+)
+
+VENDOR_DIRNAME = "vendor"
+_CACHE_ENV = "MOE_BENCH_ASV_VENDOR_CACHE"
+_CHROMIUM_ENV = "MOE_BENCH_CHROMIUM"
+_INSTALL_CHROMIUM = "apt-get install -y --no-install-recommends chromium"
+
+
+class VendoringError(RuntimeError):
+    """The CDN libraries could not be fetched, verified or copied."""
+
+
+class ExternalReferenceError(RuntimeError):
+    """A published page still loads something from the network."""
+
+
+class BrowserNotFoundError(RuntimeError):
+    """No Chromium binary was found."""
+
+
+# --------------------------------------------------------------------------- pure functions
+
+def _key(url: str) -> str:
+    """CDN URL without scheme, so ``https://x``, ``http://x`` and ``//x`` compare equal."""
+    return re.sub(r"^(?:https?:)?//", "", url.strip())
+
+
+_ASSET_BY_KEY = {_key(a.url): a for a in CDN_ASSETS}
+
+# A start tag of an element that loads a resource.  Attribute values may contain '>' only
+# inside quotes, which the alternation handles.
+_TAG_RE = re.compile(
+    r"<(?P<name>script|link)\b(?P<attrs>(?:[^>\"']|\"[^\"]*\"|'[^']*')*)>",
+    re.IGNORECASE,
+)
+_ATTR_RE_TMPL = r"""(?P<lead>\s+){name}\s*=\s*(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<uq>[^\s"'>]+))"""
+
+
+def _attr_re(name: str) -> re.Pattern[str]:
+    return re.compile(_ATTR_RE_TMPL.format(name=re.escape(name)), re.IGNORECASE)
+
+
+_SRC_HREF = {"script": _attr_re("src"), "link": _attr_re("href")}
+_DROP_ALWAYS = (_attr_re("crossorigin"), _attr_re("referrerpolicy"))
+_INTEGRITY = _attr_re("integrity")
+# A bare boolean attribute ("crossorigin" with no value) is valid HTML too.
+_BARE_CROSSORIGIN = re.compile(r"\s+crossorigin(?=[\s/>]|$)(?!\s*=)", re.IGNORECASE)
+
+
+def _attr_value(m: re.Match[str]) -> str:
+    for g in ("dq", "sq", "uq"):
+        if m.group(g) is not None:
+            return m.group(g)
+    return ""
+
+
+def rewrite_cdn_references(html: str, vendor_prefix: str = VENDOR_DIRNAME + "/") -> str:
+    """Point asv's CDN ``<script src>``/``<link href>`` tags at local copies.
+
+    Each known CDN URL (``CDN_ASSETS``) becomes ``vendor_prefix + asset.dest``; the
+    ``integrity=`` attribute is kept where the npm bytes match the CDN's and dropped otherwise;
+    ``crossorigin``/``referrerpolicy`` (meaningless for same-origin files) are dropped.
+    Everything else, unknown external URLs included, is left as it was (see
+    :func:`check_no_external_references`).  Pure function: no I/O.
+    """
+    if vendor_prefix and not vendor_prefix.endswith("/"):
+        vendor_prefix += "/"
+
+    def fix_tag(m: re.Match[str]) -> str:
+        name = m.group("name").lower()
+        attrs = m.group("attrs")
+        am = _SRC_HREF[name].search(attrs)
+        if am is None:
+            return m.group(0)
+        asset = _ASSET_BY_KEY.get(_key(_attr_value(am)))
+        if asset is None:
+            return m.group(0)
+        local = vendor_prefix + asset.dest
+        attr_name = "src" if name == "script" else "href"
+        attrs = attrs[:am.start()] + f'{am.group("lead")}{attr_name}="{local}"' + attrs[am.end():]
+        for rx in _DROP_ALWAYS:
+            attrs = rx.sub("", attrs)
+        attrs = _BARE_CROSSORIGIN.sub("", attrs)
+        im = _INTEGRITY.search(attrs)
+        if im is not None:
+            if asset.integrity is None:
+                attrs = attrs[:im.start()] + attrs[im.end():]
+            elif _attr_value(im).split() != [asset.integrity]:
+                # Keep the page's own value only if it is the one the npm bytes satisfy.
+                attrs = attrs[:im.start()] + f' integrity="{asset.integrity}"' + attrs[im.end():]
+        return f"<{m.group('name')}{attrs}>"
+
+    return _TAG_RE.sub(fix_tag, html)
+
+
+class _ResourceFinder(html.parser.HTMLParser):
+    """Collects URLs of resources a browser would load by itself (not ``<a href>``)."""
+
+    _LOADING_ATTRS = {
+        "script": ("src",),
+        "link": ("href",),
+        "img": ("src", "srcset"),
+        "iframe": ("src",),
+        "frame": ("src",),
+        "embed": ("src",),
+        "object": ("data",),
+        "source": ("src", "srcset"),
+        "audio": ("src",),
+        "video": ("src", "poster"),
+        "track": ("src",),
+        "input": ("src",),
+    }
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.found: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        names = self._LOADING_ATTRS.get(tag.lower())
+        if not names:
+            return
+        for k, v in attrs:
+            if v is None or k.lower() not in names:
+                continue
+            candidates = [c.strip().split()[0] for c in v.split(",") if c.strip()] \
+                if k.lower() == "srcset" else [v.strip()]
+            for url in candidates:
+                if re.match(r"^(?:[a-z][a-z0-9+.-]*:)?//", url, re.IGNORECASE):
+                    self.found.append(f"<{tag} {k}={url}>")
+
+    handle_startendtag = handle_starttag
+
+
+def external_references(html: str) -> list[str]:
+    """Resources (script, stylesheet, image, frame …) the page would fetch from another host.
+
+    Matches absolute ``scheme://`` and protocol-relative ``//host`` URLs.  Plain links
+    (``<a href>``) are not resources and are ignored.  Pure function.
+    """
+    finder = _ResourceFinder()
+    finder.feed(html)
+    finder.close()
+    return finder.found
+
+
+def check_no_external_references(html: str, source: str = "<string>") -> None:
+    """Raise :class:`ExternalReferenceError` if ``html`` still loads anything remotely."""
+    refs = external_references(html)
+    if refs:
+        raise ExternalReferenceError(
+            f"{source}: {len(refs)} external reference(s) remain after vendoring; the dashboard "
+            f"would need network access (asv version other than {ASV_VERSION}? extend "
+            f"CDN_ASSETS in moe_routing_bench/publish.py):\n  " + "\n  ".join(refs))
+
+
+def _scan_outside_strings(text: str, handle) -> str:
+    """Copy ``text``, letting ``handle(text, i)`` act on positions outside string literals.
+
+    ``handle`` returns ``(replacement, next_index)`` or None to copy the character.
+    """
+    out: list[str] = []
+    i, n = 0, len(text)
+    quote: str | None = None
+    while i < n:
+        c = text[i]
+        if quote:
+            out.append(c)
+            if c == "\\" and i + 1 < n:
+                out.append(text[i + 1])
+                i += 2
+                continue
+            if c == quote:
+                quote = None
+            i += 1
+            continue
+        if c in "\"'":
+            quote = c
+            out.append(c)
+            i += 1
+            continue
+        r = handle(text, i)
+        if r is None:
+            out.append(c)
+            i += 1
+        else:
+            out.append(r[0])
+            i = r[1]
+    return "".join(out)
+
+
+def _comment(text: str, i: int):
+    if text.startswith("//", i):
+        j = text.find("\n", i)
+        return ("", len(text) if j < 0 else j)
+    if text.startswith("/*", i):
+        j = text.find("*/", i + 2)
+        return (" ", len(text) if j < 0 else j + 2)
+    return None
+
+
+def _trailing_comma(text: str, i: int):
+    if text[i] == ",":
+        j = i + 1
+        while j < len(text) and text[j].isspace():
+            j += 1
+        if j < len(text) and text[j] in "}]":
+            return ("", i + 1)
+    return None
+
+
+def strip_json_comments(text: str) -> str:
+    """Drop ``//`` and ``/* */`` comments and trailing commas, outside string literals."""
+    return _scan_outside_strings(_scan_outside_strings(text, _comment), _trailing_comma)
+
+
+# --------------------------------------------------------------------------- fetching
+
+def default_cache_dir() -> Path:
+    """``$MOE_BENCH_ASV_VENDOR_CACHE``, else ``$XDG_CACHE_HOME/moe-routing-bench/asv-vendor``
+    (``~/.cache/…``): outside the repository, so third-party code is never committed."""
+    env = os.environ.get(_CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "moe-routing-bench" / "asv-vendor"
+
+
+def _tarball_name(spec: str) -> str:
+    name, version = spec.rsplit("@", 1)
+    return f"{name.lstrip('@').replace('/', '-')}-{version}.tgz"
+
+
+def _package_dir(cache_dir: Path, spec: str) -> Path:
+    return cache_dir / "packages" / _tarball_name(spec)[: -len(".tgz")]
+
+
+def _needed_files() -> list[tuple[str, str, str]]:
+    return [(a.package, a.source, a.dest) for a in CDN_ASSETS] + list(EXTRA_FILES)
+
+
+def _extract(tgz: Path, dest: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
+    try:
+        with tarfile.open(tgz, "r:gz") as tf:
+            if hasattr(tarfile, "data_filter"):
+                tf.extractall(tmp, filter="data")
+            else:  # Python without PEP 706: refuse unsafe member names ourselves
+                for member in tf.getmembers():
+                    p = Path(member.name)
+                    if p.is_absolute() or ".." in p.parts or not (member.isfile() or member.isdir()):
+                        raise VendoringError(f"unsafe member {member.name!r} in {tgz}")
+                tf.extractall(tmp)
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fetch_npm_packages(cache_dir: Path, specs: tuple[str, ...] = NPM_PACKAGES) -> dict[str, Path]:
+    """Make sure each npm package is packed and extracted under ``cache_dir``.
+
+    Returns ``{spec: <dir containing package/>}``.  Packages already extracted with all
+    needed files are reused, so only the first publish on a machine needs the npm registry.
+    """
+    cache_dir = Path(cache_dir).expanduser().resolve()
+    tarballs = cache_dir / "tarballs"
+    needed: dict[str, list[str]] = {}
+    for pkg, src, _ in _needed_files():
+        needed.setdefault(pkg, []).append(src)
+
+    def complete(spec: str) -> bool:
+        d = _package_dir(cache_dir, spec) / "package"
+        return all((d / s).is_file() for s in needed.get(spec, []))
+
+    missing = [s for s in specs if not complete(s)]
+    to_pack = [s for s in missing if not (tarballs / _tarball_name(s)).is_file()]
+    if to_pack:
+        npm = shutil.which("npm")
+        if npm is None:
+            raise VendoringError(
+                "npm is needed once per machine to fetch asv's dashboard libraries "
+                f"({' '.join(to_pack)}); install it with "
+                "`apt-get install -y --no-install-recommends npm`, or fill the cache "
+                f"{cache_dir} from a machine that has it")
+        tarballs.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([npm, "pack", "--silent", *to_pack], cwd=tarballs,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            raise VendoringError(f"`npm pack {' '.join(to_pack)}` failed (exit {proc.returncode}) "
+                                 f"in {tarballs}:\n{proc.stderr.strip() or proc.stdout.strip()}")
+    for spec in missing:
+        tgz = tarballs / _tarball_name(spec)
+        if not tgz.is_file():
+            raise VendoringError(f"npm pack did not produce {tgz}")
+        pdir = _package_dir(cache_dir, spec)
+        pdir.parent.mkdir(parents=True, exist_ok=True)
+        _extract(tgz, pdir)
+        if not complete(spec):
+            absent = [s for s in needed[spec] if not (pdir / "package" / s).is_file()]
+            raise VendoringError(f"{spec} from npm lacks {absent}")
+    return {s: _package_dir(cache_dir, s) for s in specs}
+
+
+def _sri(path: Path, algo: str) -> str:
+    h = hashlib.new(algo)
+    h.update(path.read_bytes())
+    return f"{algo}-{base64.b64encode(h.digest()).decode('ascii')}"
+
+
+def _verify_integrity(path: Path, integrity: str) -> None:
+    algo = integrity.split("-", 1)[0]
+    got = _sri(path, algo)
+    if got != integrity:
+        raise VendoringError(
+            f"{path} does not match the page's integrity {integrity} (got {got}); the browser "
+            "would refuse it. Delete the cache directory and publish again.")
+
+
+def _is_inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def vendor_asv_assets(html_dir: Path, cache_dir: Path | None = None) -> None:
+    """Make an ``asv publish`` output directory render with no network access.
+
+    Fetches the npm packages into ``cache_dir`` (default :func:`default_cache_dir`) if
+    needed, copies the files into ``html_dir/vendor/`` (bootstrap fonts included), rewrites
+    every ``*.html`` under ``html_dir`` and raises :class:`ExternalReferenceError` if any page
+    still loads a remote resource.  Run it after **every** ``asv publish``, which wipes
+    ``html_dir``.
+    """
+    html_dir = Path(html_dir)
+    cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    if not (html_dir / "index.html").is_file():
+        raise VendoringError(f"{html_dir}/index.html not found: run `asv publish` first")
+    if _is_inside(cache_dir, html_dir):
+        raise VendoringError(f"cache dir {cache_dir} must not be inside html_dir {html_dir}")
+
+    pkgs = fetch_npm_packages(cache_dir)
+    vendor = html_dir / VENDOR_DIRNAME
+    for pkg, src, dest in _needed_files():
+        s = pkgs[pkg] / "package" / src
+        d = vendor / dest
+        d.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(s, d)
+    for a in CDN_ASSETS:
+        if a.integrity is not None:
+            _verify_integrity(vendor / a.dest, a.integrity)
+
+    problems: list[str] = []
+    for page in sorted(html_dir.rglob("*.html")):
+        if _is_inside(page, vendor):
+            continue
+        prefix = os.path.relpath(vendor, page.parent).replace(os.sep, "/") + "/"
+        text = page.read_text(encoding="utf-8")
+        new = rewrite_cdn_references(text, vendor_prefix=prefix)
+        if new != text:
+            page.write_text(new, encoding="utf-8")
+        try:
+            check_no_external_references(new, source=str(page))
+        except ExternalReferenceError as e:
+            problems.append(str(e))
+    if problems:
+        raise ExternalReferenceError("\n".join(problems))
+
+
+# --------------------------------------------------------------------------- asv publish
+
+def read_asv_config(config: str | os.PathLike[str] = "asv.conf.json") -> dict:
+    """Load asv's JSON5-ish config (comments and trailing commas allowed)."""
+    text = Path(config).read_text(encoding="utf-8")
+    try:
+        return json.loads(strip_json_comments(text))
+    except json.JSONDecodeError as e:
+        try:  # full JSON5 (unquoted keys, single quotes …) via asv's own dependency
+            import json5  # type: ignore[import-not-found]
+        except ImportError:
+            raise ValueError(f"cannot parse {config}: {e}") from e
+        return json5.loads(text)
+
+
+def publish(config: str | os.PathLike[str] = "asv.conf.json",
+            cache_dir: Path | None = None) -> Path:
+    """Run ``asv publish`` for ``config``, vendor the CDN libraries, return the html dir.
+
+    asv resolves the config's relative paths against the working directory, so asv runs in
+    the config file's directory and ``html_dir`` is resolved against it too.
+    """
+    cfg_path = Path(config).resolve()
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"asv config {cfg_path} not found")
+    cfg = read_asv_config(cfg_path)
+    root = cfg_path.parent
+    html_dir = (root / cfg.get("html_dir", "html")).resolve()
+    proc = subprocess.run([sys.executable, "-m", "asv", "publish", "--config", str(cfg_path)],
+                          cwd=root)
+    if proc.returncode != 0:
+        raise RuntimeError(f"`asv publish` failed (exit {proc.returncode})")
+    vendor_asv_assets(html_dir, cache_dir)
+    return html_dir
+
+
+# --------------------------------------------------------------------------- serving
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+
+class _LocalServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        # A browser that navigates away (or exits) mid-transfer resets the connection.
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+
+def serve(html_dir: str | os.PathLike[str], port: int = 0
+          ) -> tuple[http.server.ThreadingHTTPServer, str]:
+    """Serve ``html_dir`` on 127.0.0.1 (never 0.0.0.0) from a daemon thread.
+
+    Returns ``(server, url)``; stop with ``server.shutdown(); server.server_close()``.
+    ``port=0`` picks a free port.
+    """
+    directory = str(Path(html_dir).resolve())
+    if not Path(directory).is_dir():
+        raise FileNotFoundError(f"{directory} is not a directory")
+    handler = functools.partial(_QuietHandler, directory=directory)
+    server = _LocalServer(("127.0.0.1", port), handler)
+    thread = threading.Thread(target=server.serve_forever, name="asv-html-server", daemon=True)
+    thread.start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/"
+
+
+@contextlib.contextmanager
+def served(html_dir: str | os.PathLike[str], port: int = 0) -> Iterator[str]:
+    """``with served(html_dir) as url:`` — serve on 127.0.0.1 for the block's duration."""
+    server, url = serve(html_dir, port)
+    try:
+        yield url
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# --------------------------------------------------------------------------- headless Chromium
+
+def find_chromium() -> str:
+    """Path of a Chromium binary (``$MOE_BENCH_CHROMIUM`` overrides the search)."""
+    env = os.environ.get(_CHROMIUM_ENV)
+    if env:
+        return env
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    raise BrowserNotFoundError(
+        f"no Chromium found (looked for chromium, chromium-browser, google-chrome; or set "
+        f"${_CHROMIUM_ENV}); on Debian: `{_INSTALL_CHROMIUM}`")
+
+
+def chromium_command(url: str, user_data_dir: str, *, wait_ms: int = 15000,
+                     extra: tuple[str, ...] = ()) -> list[str]:
+    """Headless Chromium command line with networking off except for 127.0.0.1.
+
+    ``--host-resolver-rules`` makes every host name but 127.0.0.1 unresolvable, so a page
+    that still references a CDN fails exactly as it would offline, even on a machine that
+    has network access.  ``--no-sandbox`` is required when running as root.
+    """
+    return [
+        find_chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-default-apps",
+        "--disable-extensions",
+        "--no-first-run",
+        "--no-default-browser-check",
+        "--disable-quic",
+        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+        f"--user-data-dir={user_data_dir}",
+        "--window-size=1400,900",
+        f"--virtual-time-budget={int(wait_ms)}",
+        *extra,
+        url,
+    ]
+
+
+def _run_chromium(url: str, wait_ms: int, extra: tuple[str, ...]) -> subprocess.CompletedProcess:
+    with tempfile.TemporaryDirectory(prefix="moe-bench-chromium-") as profile:
+        cmd = chromium_command(url, profile, wait_ms=wait_ms, extra=extra)
+        try:
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, timeout=wait_ms / 1000 + 120,
+                                  stdin=subprocess.DEVNULL)
+        except FileNotFoundError as e:
+            raise BrowserNotFoundError(f"{cmd[0]} not runnable ({e}); `{_INSTALL_CHROMIUM}`") from e
+    if proc.returncode != 0:
+        raise RuntimeError(f"chromium exited {proc.returncode} for {url}:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def screenshot(url: str, out_png: str | os.PathLike[str], *, wait_ms: int = 15000) -> None:
+    """Save a 1400x900 PNG of ``url`` rendered by headless Chromium without network."""
+    out = Path(out_png).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        out.unlink()
+    proc = _run_chromium(url, wait_ms, (f"--screenshot={out}",))
+    if not out.is_file() or out.stat().st_size == 0:
+        raise RuntimeError(f"chromium wrote no screenshot to {out}:\n{proc.stderr[-4000:]}")
+
+
+def dump_dom(url: str, *, wait_ms: int = 15000) -> str:
+    """The DOM of ``url`` after scripts ran (``--dump-dom``), for automated checks."""
+    return _run_chromium(url, wait_ms, ("--dump-dom",)).stdout
+
+
+# --------------------------------------------------------------------------- command line
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m moe_routing_bench.publish",
+                                 description="asv publish + offline vendoring of its CDN libraries")
+    ap.add_argument("--config", default="asv.conf.json")
+    ap.add_argument("--cache-dir", type=Path, default=None,
+                    help=f"npm package cache (default {default_cache_dir()})")
+    ap.add_argument("--screenshot", type=Path, default=None,
+                    help="also serve on 127.0.0.1 and save a headless-Chromium PNG")
+    ap.add_argument("--serve", action="store_true",
+                    help="serve the dashboard on 127.0.0.1 until interrupted")
+    ap.add_argument("--port", type=int, default=0)
+    args = ap.parse_args(argv)
+    html_dir = publish(args.config, args.cache_dir)
+    print(f"published {html_dir} (offline-ready)")
+    if args.screenshot:
+        with served(html_dir) as url:
+            screenshot(url, args.screenshot)
+        print(f"screenshot {args.screenshot}")
+    if args.serve:
+        server, url = serve(html_dir, args.port)
+        print(f"serving {url} (Ctrl-C to stop)")
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.shutdown()
+            server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Routing strategies: router logits -> the experts each token goes to, and with what weight.
+
+Shape legend: T tokens, E experts, K experts per token (top-k), C tokens per expert (expert-choice).
+Routing math is float32 whatever the activation dtype; ties go to the lower expert id.
+
+| strategy        | selection                         | weights                                         | router learns from |
+|-----------------|-----------------------------------|-------------------------------------------------|--------------------|
+| `top1`          | argmax of logits (K = 1)          | softmax prob of the chosen expert (Switch)      | LM loss + balance  |
+| `topk-hard`     | top-K logits                      | 1/K each                                        | balance loss only  |
+| `softk`         | top-K logits                      | softmax over the K selected logits / temperature | LM loss + balance  |
+| `hash`          | hash(token id), then the next K-1 | 1/K each                                        | nothing (fixed)    |
+| `expert-choice` | each expert takes its top-C tokens | softmax prob; K = E slots, `valid_TK` marks picks | LM loss           |
+| `aux-free`      | top-K of sigmoid(logits) + bias   | selected sigmoid scores renormalised            | LM loss; bias by `update_aux_free_bias` |
+
+`softk` with `renormalize=False` uses the full-softmax probabilities of the selected experts instead
+(Qwen2-MoE's `norm_topk_prob=False`). Expert-choice ranks every token of the batch, so in a causal
+LM the present sees the future: its `Routing.causal_safe` is False.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
+
+from .errors import ConfigError, check_capacity_factor, check_top_k
+
+STRATEGIES = ("top1", "topk-hard", "softk", "hash", "expert-choice", "aux-free")
+_ALIASES = {
+    "topk_hard": "topk-hard", "expert_choice": "expert-choice", "aux_free": "aux-free",
+    "switch": "top1", "topk_softmax_renorm": "softk", "soft": "softk",
+}
+
+
+def canonical_strategy(name: str) -> str:
+    """Accept any case and '_' for '-' (the seed's spellings); raise ConfigError on an unknown name."""
+    key = name.strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in STRATEGIES:
+        raise ConfigError(f"unknown routing strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    return key
+
+
+@dataclass
+class Routing:
+    """Routing decision for T tokens. Slots with `valid_TK` False carry no assignment."""
+
+    expert_ids_TK: torch.Tensor  # int64
+    weights_TK: torch.Tensor  # float32; carries gradient to the router where the strategy allows
+    probs_TE: torch.Tensor  # float32 router distribution over experts: balance loss and entropy
+    valid_TK: torch.Tensor | None = None  # bool; None means every slot is an assignment
+    causal_safe: bool = True
+
+    @property
+    def num_tokens(self) -> int:
+        return self.expert_ids_TK.shape[0]
+
+    @property
+    def top_k(self) -> int:
+        return self.expert_ids_TK.shape[1]
+
+    @property
+    def num_experts(self) -> int:
+        return self.probs_TE.shape[1]
+
+
+def capacity(num_tokens: int, top_k: int, num_experts: int, capacity_factor: float | None) -> int | None:
+    """C = ceil(capacity_factor * T * K / E), at least 1; None (dropless) when the factor is None.
+
+    Exact rational arithmetic on the decimal the user typed: 1.1 * 100 is 110, not 111."""
+    if capacity_factor is None:
+        return None
+    check_capacity_factor(capacity_factor)
+    cf = Fraction(repr(float(capacity_factor)))
+    return max(1, math.ceil(cf * num_tokens * top_k / num_experts))
+
+
+def topk_lowest_id(scores_TE: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k along the last dim, largest first, the lower index winning ties, on every device.
+
+    Each float is mapped to an int32 that orders like it, widened to int64 with the reversed index
+    in the low 32 bits, so one integer top-k is exact and deterministic."""
+    scores = scores_TE.float().contiguous() + 0.0  # -0.0 -> +0.0
+    n = scores.shape[-1]
+    bits = scores.view(torch.int32)
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)
+    index = torch.arange(n, device=scores.device, dtype=torch.int64)
+    keys = ordered * (1 << 32) + (n - 1 - index)
+    top_keys = torch.topk(keys, k, dim=-1, sorted=True).values
+    ids = (n - 1) - torch.remainder(top_keys, 1 << 32)
+    return scores.gather(-1, ids), ids
+
+
+def _hash_experts(token_ids_T: torch.Tensor, num_experts: int, k: int) -> torch.Tensor:
+    """A fixed multiplicative hash of the token id, then the next k-1 experts: k distinct ids."""
+    h = (token_ids_T.to(torch.int64) * 2654435761) & 0xFFFFFFFF
+    h = h ^ (h >> 16)
+    first = torch.remainder(h, num_experts)
+    offsets = torch.arange(k, device=token_ids_T.device, dtype=torch.int64)
+    return torch.remainder(first[:, None] + offsets, num_experts)
+
+
+def route(
+    logits_TE: torch.Tensor,
+    strategy: str,
+    top_k: int,
+    *,
+    temperature: float = 1.0,
+    renormalize: bool = True,
+    token_ids_T: torch.Tensor | None = None,
+    bias_E: torch.Tensor | None = None,
+    capacity_factor: float | None = None,
+) -> Routing:
+    """Route T tokens among E experts. See the module table for each strategy's semantics.
+
+    `token_ids_T` (int) is required by `hash`; `bias_E` is aux-free's selection bias (zeros if None);
+    `capacity_factor` sets expert-choice's per-expert token count C = ceil(cf*T*K/E) (cf 1 if None).
+    No host synchronisation: NaN logits are not checked here (see `errors.check_logits`)."""
+    strategy = canonical_strategy(strategy)
+    if logits_TE.dim() != 2:
+        raise ConfigError(f"router logits must be [tokens, experts], got shape {tuple(logits_TE.shape)}")
+    T, E = logits_TE.shape
+    check_top_k(top_k, E)
+    if strategy == "top1" and top_k != 1:
+        raise ConfigError(f"top1 routes each token to exactly one expert; got top-k {top_k}")
+    if not temperature > 0:
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
+    logits = logits_TE.float()
+    probs_TE = torch.softmax(logits, dim=-1)
+
+    if strategy in ("top1", "topk-hard", "softk"):
+        top_logits, ids = topk_lowest_id(logits, top_k)
+        if strategy == "top1":
+            weights = probs_TE.gather(-1, ids)
+        elif strategy == "topk-hard":
+            weights = torch.full_like(top_logits, 1.0 / top_k)
+        elif renormalize:
+            weights = torch.softmax(top_logits / temperature, dim=-1)
+        else:
+            weights = torch.softmax(logits / temperature, dim=-1).gather(-1, ids)
+        return Routing(ids, weights, probs_TE)
+
+    if strategy == "hash":
+        if token_ids_T is None:
+            raise ConfigError("hash routing needs the token ids (token_ids_T)")
+        if token_ids_T.shape != (T,):
+            raise ConfigError(f"token ids must have shape ({T},), got {tuple(token_ids_T.shape)}")
+        ids = _hash_experts(token_ids_T.to(logits.device), E, top_k)
+        return Routing(ids, torch.full(ids.shape, 1.0 / top_k, device=logits.device), probs_TE)
+
+    if strategy == "aux-free":
+        scores = torch.sigmoid(logits)
+        selection = scores if bias_E is None else scores + bias_E.float().detach()
+        _, ids = topk_lowest_id(selection, top_k)
+        chosen = scores.gather(-1, ids)
+        weights = chosen / chosen.sum(-1, keepdim=True)
+        return Routing(ids, weights, scores / scores.sum(-1, keepdim=True))
+
+    # expert-choice: every expert takes its C highest-probability tokens (lower token id wins ties)
+    per_expert = min(T, capacity(T, top_k, E, 1.0 if capacity_factor is None else capacity_factor))
+    _, tokens_EC = topk_lowest_id(probs_TE.t(), per_expert)
+    valid_TE = torch.zeros(T, E, dtype=torch.bool, device=logits.device)
+    valid_TE.scatter_(0, tokens_EC.t().contiguous(), True)
+    ids = torch.arange(E, device=logits.device).expand(T, E).contiguous()
+    weights = torch.where(valid_TE, probs_TE, torch.zeros_like(probs_TE))
+    return Routing(ids, weights, probs_TE, valid_TE, causal_safe=False)
+
+
+def expert_counts(routing: Routing) -> torch.Tensor:
+    """Assignments per expert before any capacity drop, [E] int64, without a host sync."""
+    E = routing.num_experts
+    ids = routing.expert_ids_TK.reshape(-1)
+    if routing.valid_TK is not None:
+        ids = torch.where(routing.valid_TK.reshape(-1), ids, E)
+    counts = torch.zeros(E + 1, dtype=torch.int64, device=ids.device)
+    counts.scatter_add_(0, ids, torch.ones_like(ids))
+    return counts[:E]
+
+
+def balance_loss(routing: Routing) -> torch.Tensor:
+    """Switch balance loss E * sum_i f_i * P_i (multiply by alpha yourself).
+
+    f_i is expert i's share of the assignments before drops (no gradient), P_i the mean router
+    probability (gradient to the router). It is 1 under perfect balance, E at total collapse."""
+    counts = expert_counts(routing).float()
+    f_E = counts / counts.sum().clamp(min=1.0)
+    P_E = routing.probs_TE.mean(0)
+    return routing.num_experts * (f_E * P_E).sum()
+
+
+def z_loss(logits_TE: torch.Tensor) -> torch.Tensor:
+    """Router z-loss mean(logsumexp(logits)^2) (ST-MoE); multiply by beta yourself."""
+    return torch.logsumexp(logits_TE.float(), dim=-1).square().mean()
+
+
+def jitter(x: torch.Tensor, eps: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Multiplicative router-input noise x * U(1-eps, 1+eps) (Switch); identity when eps is 0."""
+    if eps <= 0:
+        return x
+    noise = torch.rand(x.shape, device=x.device, dtype=torch.float32, generator=generator)
+    return x * (1.0 - eps + 2.0 * eps * noise).to(x.dtype)
+
+
+def update_aux_free_bias(bias_E: torch.Tensor, counts_E: torch.Tensor, gamma: float) -> torch.Tensor:
+    """DeepSeek-V3 bias step, outside autograd: b_i += gamma * sign(mean load - load_i)."""
+    with torch.no_grad():
+        load = counts_E.float()
+        return bias_E + gamma * torch.sign(load.mean() - load)
+
+
+__all__ = [
+    "STRATEGIES", "Routing", "balance_loss", "canonical_strategy", "capacity", "expert_counts",
+    "jitter", "route", "topk_lowest_id", "update_aux_free_bias", "z_loss",
+]

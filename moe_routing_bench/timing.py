@@ -1,0 +1,111 @@
+"""Timing (DESIGN section 5): warm-up, many repetitions, median with p10/p90.
+
+GPU: CUDA events around each repetition, an optional L2 flush before it (outside the events),
+optionally the region captured once as a CUDA graph and timed as replays (small kernels).
+CPU: time.perf_counter; CPU numbers are for regressions, not for claims.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_s: float
+    p10_s: float
+    p90_s: float
+    mean_s: float
+    reps: int
+    method: str
+
+    @property
+    def median_us(self) -> float:
+        return self.median_s * 1e6
+
+    def as_record(self, prefix: str = "") -> dict:
+        d = asdict(self)
+        return {f"{prefix}{k}": v for k, v in d.items()}
+
+
+def _summarise(samples_s: list[float], method: str) -> Timing:
+    ordered = sorted(samples_s)
+    n = len(ordered)
+
+    def q(frac: float) -> float:
+        return ordered[min(n - 1, max(0, round(frac * (n - 1))))]
+
+    return Timing(statistics.median(ordered), q(0.1), q(0.9), statistics.fmean(ordered), n, method)
+
+
+def cuda_sync_timer() -> float:
+    """perf_counter after a CUDA synchronize (when CUDA is up): a timer for pytest-benchmark."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def measure(
+    fn: Callable[[], object],
+    device: torch.device | str,
+    *,
+    warmup: int = 10,
+    iters: int = 100,
+    flush_l2: bool = True,
+    cuda_graph: bool = False,
+) -> Timing:
+    """Time `fn()` (which must not allocate what it measures outside itself) on `device`."""
+    device = torch.device(device)
+    if iters < 1 or warmup < 0:
+        raise ValueError(f"need iters >= 1 and warmup >= 0, got {iters}, {warmup}")
+    if device.type != "cuda":
+        for _ in range(warmup):
+            fn()
+        samples = []
+        for _ in range(iters):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+        return _summarise(samples, "perf_counter")
+
+    torch.cuda.synchronize(device)
+    for _ in range(max(warmup, 1)):
+        fn()
+    target = fn
+    if cuda_graph:
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            fn()  # allocations of the warm-up land in the graph pool's predecessor
+        torch.cuda.current_stream(device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        target = graph.replay
+        target()
+    flush = torch.empty(256 * 2**20, dtype=torch.int8, device=device) if flush_l2 else None
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
+    for start, end in events:
+        if flush is not None:
+            flush.zero_()
+        start.record()
+        target()
+        end.record()
+    torch.cuda.synchronize(device)
+    samples = [s.elapsed_time(e) / 1e3 for s, e in events]
+    return _summarise(samples, "cuda_graph_events" if cuda_graph else "cuda_events")
+
+
+def copy_bandwidth(device: torch.device | str, num_bytes: int | None = None, iters: int = 20) -> float:
+    """Device-to-device copy bandwidth in bytes/s (bytes read + bytes written), measured now."""
+    device = torch.device(device)
+    if num_bytes is None:
+        num_bytes = 2**30 if device.type == "cuda" else 64 * 2**20
+    src = torch.randn(num_bytes // 4, device=device)
+    dst = torch.empty_like(src)
+    t = measure(lambda: dst.copy_(src), device, warmup=3, iters=iters, flush_l2=False)
+    return 2 * src.numel() * 4 / t.median_s
