@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from . import dispatch, plan, routers
-from .errors import ConfigError
+from .errors import ConfigError, check_top_k
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def _compile_backend() -> Backend:
 
     def route(logits_TE, strategy, top_k, **opts):
         routers.canonical_strategy(strategy)  # raise ConfigError outside the compiled region
-        routers.check_top_k(top_k, logits_TE.shape[-1])
+        check_top_k(top_k, logits_TE.shape[-1])
         return compiled_route(logits_TE, strategy, top_k, **opts)
 
     return Backend(

@@ -1,0 +1,127 @@
+"""The MoE layer: router -> plan -> pack -> expert MLPs (grouped GEMM) -> combine.
+
+Shape legend: T tokens, H hidden (model dim), F expert hidden (ffn dim), E experts, K top-k,
+R packed rows. The router is float32 whatever the activation dtype. Experts are GELU MLPs
+`gelu(x W1_e) W2_e`, computed on the ragged packed buffer by torch's grouped GEMM when it has one,
+else by a loop over experts (which synchronises the host: a fallback, not a fast path).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import routers
+from .backends import get_backend
+from .plan import Plan
+
+
+def _grouped_mm_supported(x_RH: torch.Tensor, w_EHF: torch.Tensor) -> bool:
+    if not hasattr(torch, "_grouped_mm"):
+        return False
+    if x_RH.device.type == "cuda" and x_RH.dtype != torch.bfloat16:
+        return False
+    align = 16 // x_RH.element_size()
+    return x_RH.shape[1] % align == 0 and w_EHF.shape[2] % align == 0
+
+
+def grouped_mm(x_RH: torch.Tensor, w_EHF: torch.Tensor, group_ends_E: torch.Tensor) -> torch.Tensor:
+    """Rows [group_ends[e-1], group_ends[e]) of x times w[e]: [R, H] x [E, H, F] -> [R, F].
+    Rows past the last group end are unspecified."""
+    if _grouped_mm_supported(x_RH, w_EHF):
+        return torch._grouped_mm(x_RH, w_EHF, offs=group_ends_E)
+    out = x_RH.new_zeros(x_RH.shape[0], w_EHF.shape[2])
+    start = 0
+    for e, end in enumerate(group_ends_E.tolist()):
+        if end > start:
+            out[start:end] = x_RH[start:end] @ w_EHF[e]
+        start = end
+    return out
+
+
+@dataclass
+class MoEAux:
+    """What a forward pass leaves for losses and logging (tensors: no host sync until read)."""
+
+    balance_loss: torch.Tensor
+    z_loss: torch.Tensor
+    routing: routers.Routing
+    plan: Plan
+
+
+class MoELayer(nn.Module):
+    def __init__(
+        self,
+        dim: int,
+        ffn_dim: int,
+        num_experts: int,
+        top_k: int,
+        *,
+        strategy: str = "softk",
+        backend: str = "torch",
+        capacity_factor: float | None = None,
+        drop_policy: str = "position",
+        renormalize_kept: bool = False,
+        temperature: float = 1.0,
+        jitter_eps: float = 0.0,
+    ):
+        super().__init__()
+        self.strategy = routers.canonical_strategy(strategy)
+        self.top_k = 1 if self.strategy == "top1" else top_k
+        routers.check_top_k(self.top_k, num_experts)
+        self.backend_name = backend
+        self.backend = get_backend(backend)
+        self.capacity_factor = capacity_factor
+        self.drop_policy = drop_policy
+        self.renormalize_kept = renormalize_kept
+        self.temperature = temperature
+        self.jitter_eps = jitter_eps
+        self.num_experts = num_experts
+        self.router = nn.Linear(dim, num_experts, bias=False)
+        self.w1_EHF = nn.Parameter(torch.empty(num_experts, dim, ffn_dim))
+        self.w2_EFH = nn.Parameter(torch.empty(num_experts, ffn_dim, dim))
+        self.register_buffer("bias_E", torch.zeros(num_experts))  # aux-free selection bias
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        dim, ffn = self.w1_EHF.shape[1], self.w1_EHF.shape[2]
+        nn.init.normal_(self.router.weight, std=0.1 / math.sqrt(dim))  # small router init (Switch)
+        nn.init.normal_(self.w1_EHF, std=1 / math.sqrt(dim))
+        nn.init.normal_(self.w2_EFH, std=1 / math.sqrt(ffn))
+
+    @property
+    def causal_safe(self) -> bool:
+        return self.strategy != "expert-choice"
+
+    def forward(self, x_TH: torch.Tensor, token_ids_T: torch.Tensor | None = None) -> tuple[torch.Tensor, MoEAux]:
+        dtype = torch.get_autocast_dtype(x_TH.device.type) if torch.is_autocast_enabled(x_TH.device.type) else x_TH.dtype
+        with torch.autocast(x_TH.device.type, enabled=False):
+            router_in = routers.jitter(x_TH, self.jitter_eps) if self.training else x_TH
+            logits_TE = F.linear(router_in.float(), self.router.weight.float())
+            routing = self.backend.route(
+                logits_TE, self.strategy, self.top_k, temperature=self.temperature, token_ids_T=token_ids_T,
+                bias_E=self.bias_E, capacity_factor=self.capacity_factor,
+            )
+            capacity = None
+            if self.strategy == "expert-choice":  # each expert holds exactly its picks: nothing drops
+                T = x_TH.shape[0]
+                capacity = min(T, routers.capacity(T, self.top_k, self.num_experts, self.capacity_factor or 1.0))
+            plan = self.backend.build_plan(
+                routing, capacity_factor=None if capacity else self.capacity_factor, capacity=capacity,
+                drop_policy=self.drop_policy, renormalize_kept=self.renormalize_kept,
+            )
+            x_RH = self.backend.pack(x_TH.to(dtype), plan)
+            h_RF = F.gelu(grouped_mm(x_RH, self.w1_EHF.to(dtype), plan.group_ends_E))
+            y_RH = grouped_mm(h_RF, self.w2_EFH.to(dtype), plan.group_ends_E)
+            out_TH = self.backend.combine(y_RH, plan)
+        aux = MoEAux(routers.balance_loss(routing), routers.z_loss(logits_TE), routing, plan)
+        return out_TH, aux
+
+    @torch.no_grad()
+    def update_bias(self, counts_E: torch.Tensor, gamma: float = 1e-3) -> None:
+        """Aux-free balancing step; call after the optimizer step with (all-reduced) pre-drop counts."""
+        if self.strategy == "aux-free":
+            self.bias_E.copy_(routers.update_aux_free_bias(self.bias_E, counts_E, gamma))
