@@ -16,7 +16,7 @@ import torch
 
 from . import metrics, workloads
 from .backends import Backend, get_backend
-from .errors import ConfigError, check_capacity_factor, check_positive, check_top_k, parse_dtype
+from .errors import ConfigError, check_capacity_factor, check_logits, check_positive, check_top_k, parse_dtype
 from .routers import canonical_strategy
 from .timing import Timing, measure
 
@@ -76,9 +76,11 @@ class Inputs:
 def make_inputs(case: Case) -> Inputs:
     dtype = parse_dtype(case.dtype)
     spec = workloads.parse_workload(case.workload)
+    logits_TE = workloads.router_logits(spec, case.num_tokens, case.num_experts, case.top_k, case.seed, case.device)
+    check_logits(logits_TE)  # recorded logits may hold NaN/inf: rejected here, outside any timed region
     return Inputs(
         workloads.hidden_states(case.num_tokens, case.hidden_dim, dtype, case.seed, case.device),
-        workloads.router_logits(spec, case.num_tokens, case.num_experts, case.top_k, case.seed, case.device),
+        logits_TE,
         workloads.token_ids(case.num_tokens, case.seed, device=case.device),
     )
 

@@ -97,6 +97,7 @@ def _case(args, **over) -> bench.Case:
         dtype=str(parse_dtype(args.dtype)).replace("torch.", ""), device=args.device, workload=args.workload,
         seed=args.seed, strategy=getattr(args, "strategy", "softk"),
         drop_policy=getattr(args, "drop_policy", "position"),
+        capacity_factor=getattr(args, "capacity_factor", None),
         renormalize_kept=getattr(args, "renorm_after_drop", False),
     )
     c = replace(c, **over)
@@ -264,7 +265,7 @@ def cmd_moe_layer(args) -> None:
 
     run = Runner(args)
     cf = args.capacity_factor
-    case = _case(args, device=str(run.device), capacity_factor=cf)
+    case = _case(args, device=str(run.device))
     dtype = parse_dtype(case.dtype)
     H, F = case.hidden_dim, case.hidden_dim * args.expand
     for name in _backend_list(args.backend):
