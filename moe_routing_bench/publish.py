@@ -34,6 +34,7 @@ import contextlib
 import functools
 import hashlib
 import html.parser
+import importlib.util
 import http.server
 import json
 import os
@@ -533,6 +534,10 @@ def publish(config: str | os.PathLike[str] = "asv.conf.json",
     cfg_path = Path(config).resolve()
     if not cfg_path.is_file():
         raise FileNotFoundError(f"asv config {cfg_path} not found")
+    if importlib.util.find_spec("asv") is None:
+        raise RuntimeError(f"asv is not installed in {sys.executable}: "
+                           f"`{sys.executable} -m pip install asv=={ASV_VERSION} virtualenv` "
+                           "(offline: tools/asv_wheelhouse.sh, then --no-index --find-links .whl)")
     cfg = read_asv_config(cfg_path)
     root = cfg_path.parent
     html_dir = (root / cfg.get("html_dir", "html")).resolve()
