@@ -53,7 +53,7 @@ def setup() -> None:
         missing += [TRITON_PIN]
     if missing:
         _check([VENV_PY, "-m", "pip", "install", "-q", *missing])
-    _check([VENV_PY, "-m", "pip", "install", "-q", "--no-build-isolation", "-e", ".[test]"])
+    _check([VENV_PY, "-m", "pip", "install", "-q", "-e", ".[test]"])
     STAMP.touch()
 
 

@@ -261,7 +261,7 @@ def cmd_capacity(args, sweep: bool) -> None:
 
 
 def cmd_moe_layer(args) -> None:
-    from .layer import MoELayer, grouped_mm
+    from .layer import MoELayer, expert_ffn, preferred_layout
 
     run = Runner(args)
     cf = args.capacity_factor
@@ -277,22 +277,23 @@ def cmd_moe_layer(args) -> None:
         x = inputs.x_TH
         b = layer.backend
         w1, w2 = layer.w1_EHF.detach().to(dtype), layer.w2_EFH.detach().to(dtype)
+        plan_kw = dict(capacity_factor=cf, drop_policy=case.drop_policy, renormalize_kept=case.renormalize_kept)
         with torch.no_grad():
-            logits = torch.nn.functional.linear(x.float(), layer.router.weight.float())
-            routing = b.route(logits, case.strategy, case.top_k, token_ids_T=inputs.token_ids_T)
-            plan = b.build_plan(routing, capacity_factor=cf, drop_policy=case.drop_policy,
-                                renormalize_kept=case.renormalize_kept)
+            def router():
+                logits = torch.nn.functional.linear(x.float(), layer.router.weight.float())
+                return b.route(logits, case.strategy, case.top_k, token_ids_T=inputs.token_ids_T)
+
+            routing = router()
+            plan = b.build_plan(routing, **plan_kw)
+            plan_kw["layout"] = preferred_layout(plan.capacity, x, w1)
+            plan = b.build_plan(routing, **plan_kw)
             packed = b.pack(x, plan)
-            hidden = grouped_mm(packed, w1, plan.group_ends_E)
-            y = grouped_mm(torch.nn.functional.gelu(hidden), w2, plan.group_ends_E)
+            y = expert_ffn(packed, w1, w2, plan)
             stage_fns = {
-                "router": lambda: b.route(torch.nn.functional.linear(x.float(), layer.router.weight.float()),
-                                          case.strategy, case.top_k, token_ids_T=inputs.token_ids_T),
-                "plan": lambda: b.build_plan(routing, capacity_factor=cf, drop_policy=case.drop_policy,
-                                             renormalize_kept=case.renormalize_kept),
+                "router": router,
+                "plan": lambda: b.build_plan(routing, **plan_kw),
                 "pack": lambda: b.pack(x, plan),
-                "ffn": lambda: grouped_mm(torch.nn.functional.gelu(grouped_mm(packed, w1, plan.group_ends_E)), w2,
-                                          plan.group_ends_E),
+                "ffn": lambda: expert_ffn(packed, w1, w2, plan),
                 "combine": lambda: b.combine(y, plan),
             }
             times = {k: run.time(fn, case.device) for k, fn in stage_fns.items()}

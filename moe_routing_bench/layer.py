@@ -1,9 +1,10 @@
 """The MoE layer: router -> plan -> pack -> expert MLPs (grouped GEMM) -> combine.
 
 Shape legend: T tokens, H hidden (model dim), F expert hidden (ffn dim), E experts, K top-k,
-R packed rows. The router is float32 whatever the activation dtype. Experts are GELU MLPs
-`gelu(x W1_e) W2_e`, computed on the ragged packed buffer by torch's grouped GEMM when it has one,
-else by a loop over experts (which synchronises the host: a fallback, not a fast path).
+C capacity, R packed rows. The router is float32 whatever the activation dtype. Experts are GELU
+MLPs `gelu(x W1_e) W2_e` over the packed rows: torch's grouped GEMM on the ragged layout when torch
+has it; otherwise a batched matmul over the padded [E, C, H] layout when there is a capacity, else a
+loop over experts (which synchronises the host: a fallback, not a fast path).
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from .plan import Plan
 def _grouped_mm_supported(x_RH: torch.Tensor, w_EHF: torch.Tensor) -> bool:
     if not hasattr(torch, "_grouped_mm"):
         return False
-    if x_RH.device.type == "cuda" and x_RH.dtype != torch.bfloat16:
-        return False
+    if (x_RH.device.type == "cuda" or torch.compiler.is_compiling()) and x_RH.dtype != torch.bfloat16:
+        return False  # CUDA kernels and the compile-time shape function take bfloat16 only
     align = 16 // x_RH.element_size()
     return x_RH.shape[1] % align == 0 and w_EHF.shape[2] % align == 0
 
@@ -40,6 +41,30 @@ def grouped_mm(x_RH: torch.Tensor, w_EHF: torch.Tensor, group_ends_E: torch.Tens
             out[start:end] = x_RH[start:end] @ w_EHF[e]
         start = end
     return out
+
+
+@torch.compiler.assume_constant_result
+def _capacity(num_tokens: int, top_k: int, num_experts: int, capacity_factor: float | None) -> int | None:
+    """`routers.capacity`, taken as a constant under torch.compile (its exact Fraction arithmetic
+    does not trace); the shapes and the factor it depends on are static there."""
+    return routers.capacity(num_tokens, top_k, num_experts, capacity_factor)
+
+
+def expert_ffn(x_RH: torch.Tensor, w1_EHF: torch.Tensor, w2_EFH: torch.Tensor, plan: Plan) -> torch.Tensor:
+    """gelu(x W1_e) W2_e for each expert's packed rows, by the plan's layout."""
+    if plan.layout == "padded":
+        E, C = plan.num_experts, plan.capacity
+        h = F.gelu(torch.bmm(x_RH.view(E, C, -1), w1_EHF))
+        return torch.bmm(h, w2_EFH).view(E * C, -1)
+    h = F.gelu(grouped_mm(x_RH, w1_EHF, plan.group_ends_E))
+    return grouped_mm(h, w2_EFH, plan.group_ends_E)
+
+
+def preferred_layout(capacity: int | None, x: torch.Tensor, w1_EHF: torch.Tensor) -> str:
+    """Ragged with grouped GEMM where torch can; padded (batched matmul) where a capacity allows."""
+    if capacity is None or _grouped_mm_supported(x, w1_EHF):
+        return "ragged"
+    return "padded"
 
 
 @dataclass
@@ -105,17 +130,18 @@ class MoELayer(nn.Module):
                 logits_TE, self.strategy, self.top_k, temperature=self.temperature, token_ids_T=token_ids_T,
                 bias_E=self.bias_E, capacity_factor=self.capacity_factor,
             )
-            capacity = None
+            T = x_TH.shape[0]
             if self.strategy == "expert-choice":  # each expert holds exactly its picks: nothing drops
-                T = x_TH.shape[0]
-                capacity = min(T, routers.capacity(T, self.top_k, self.num_experts, self.capacity_factor or 1.0))
+                capacity = min(T, _capacity(T, self.top_k, self.num_experts, self.capacity_factor or 1.0))
+            else:
+                capacity = _capacity(T, self.top_k, self.num_experts, self.capacity_factor)
+            x = x_TH.to(dtype)
+            w1, w2 = self.w1_EHF.to(dtype), self.w2_EFH.to(dtype)
             plan = self.backend.build_plan(
-                routing, capacity_factor=None if capacity else self.capacity_factor, capacity=capacity,
-                drop_policy=self.drop_policy, renormalize_kept=self.renormalize_kept,
+                routing, capacity_factor=None, capacity=capacity, drop_policy=self.drop_policy,
+                renormalize_kept=self.renormalize_kept, layout=preferred_layout(capacity, x, w1),
             )
-            x_RH = self.backend.pack(x_TH.to(dtype), plan)
-            h_RF = F.gelu(grouped_mm(x_RH, self.w1_EHF.to(dtype), plan.group_ends_E))
-            y_RH = grouped_mm(h_RF, self.w2_EFH.to(dtype), plan.group_ends_E)
+            y_RH = expert_ffn(self.backend.pack(x, plan), w1, w2, plan)
             out_TH = self.backend.combine(y_RH, plan)
         aux = MoEAux(routers.balance_loss(routing), routers.z_loss(logits_TE), routing, plan)
         return out_TH, aux

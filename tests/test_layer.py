@@ -47,3 +47,21 @@ def test_aux_free_bias_moves_toward_balance():
     layer = MoELayer(8, 16, 4, 1, strategy="aux-free")
     layer.update_bias(torch.tensor([10, 0, 0, 2]), gamma=0.5)
     assert layer.bias_E.tolist() == [-0.5, 0.5, 0.5, 0.5]
+
+
+def test_padded_batched_matmul_path_equals_ragged_grouped_path():
+    torch.manual_seed(2)
+    layer = MoELayer(16, 32, 4, 2, capacity_factor=0.8)
+    x = torch.randn(30, 16)
+    out_ragged, aux = layer(x)
+    assert aux.plan.layout == "ragged"
+    from moe_routing_bench import layer as layer_mod
+
+    original = layer_mod._grouped_mm_supported
+    layer_mod._grouped_mm_supported = lambda *a: False  # as on a torch without grouped GEMM
+    try:
+        out_padded, aux_padded = layer(x)
+    finally:
+        layer_mod._grouped_mm_supported = original
+    assert aux_padded.plan.layout == "padded"
+    torch.testing.assert_close(out_padded, out_ragged, rtol=1e-5, atol=1e-6)
