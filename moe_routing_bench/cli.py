@@ -46,7 +46,9 @@ def _capacity_factor(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"capacity factor must be a number or 'none', got {text!r}") from None
 
 
-def _backend_list(text: str) -> list[str]:
+def _backend_list(text: str | None) -> list[str]:
+    if text is None:
+        raise ConfigError("no backend given")
     if text == "all":
         return available_backends()
     names = [SEED_BACKEND_NAMES.get(n, n) for n in text.split(",") if n]
@@ -72,8 +74,10 @@ def _run_flags(p: argparse.ArgumentParser, *, iters=100, device="auto", backend=
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--iters", type=int, default=iters)
     p.add_argument("--workload", default="uniform", help="uniform | zipf | hot | balanced | file:PATH (recorded logits)")
-    p.add_argument("--backend", default=backend,
-                   help=f"comma-separated backends or 'all': {', '.join(BACKENDS)} (the seed's torch_soft = torch)")
+    p.add_argument("--backend", default=None,
+                   help=f"comma-separated backends or 'all': {', '.join(BACKENDS)} (the seed's torch_soft = torch); "
+                        f"default {backend}")
+    p.set_defaults(default_backend=backend)
     p.add_argument("--out", "--output", dest="out", default="", help="append full records as JSON lines here")
     p.add_argument("--no-l2-flush", dest="flush_l2", action="store_false", help="GPU: skip the L2 flush between repetitions")
     p.add_argument("--cuda-graph", action="store_true", help="GPU: time CUDA-graph replays (small kernels)")
@@ -343,16 +347,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench-topk", help="router: softmax + top-k + weights")
     _common(p)
-    p.add_argument("--impl", default=None, help="the seed's name for --backend")
+    p.add_argument("--impl", default=None, help="the seed's name for --backend (--backend wins when both are given)")
     _routing_flags(p)
-    p.set_defaults(func=lambda a: cmd_stages(a, ("topk",), a.impl or a.backend))
+    p.set_defaults(func=lambda a: cmd_stages(a, ("topk",), a.backend or a.impl))
 
     p = sub.add_parser("bench-routing", help="the routing path: top-k, plan, pack, combine, and their sum")
     _common(p)
-    p.add_argument("--impl-topk", default=None, help="the seed's name for --backend (it applies to the whole path here)")
+    p.add_argument("--impl-topk", default=None,
+                   help="the seed's name for --backend; it applies to the whole path here (--backend wins)")
     _routing_flags(p)
     p.add_argument("--capacity-factor", type=_capacity_factor, default=None)
-    p.set_defaults(func=lambda a: cmd_stages(a, bench.STAGES, a.impl_topk or a.backend))
+    p.set_defaults(func=lambda a: cmd_stages(a, bench.STAGES, a.backend or a.impl_topk))
 
     for name, ops, label, help_ in [
         ("bench-pack", ("pack", "combine"), "pack_combine", "pack then combine (the seed's bench_pack.py)"),
@@ -436,6 +441,8 @@ def _validate(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "backend", "unset") is None and not (getattr(args, "impl", None) or getattr(args, "impl_topk", None)):
+        args.backend = args.default_backend
     try:
         _validate(args)
         start = time.perf_counter()

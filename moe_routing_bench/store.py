@@ -27,6 +27,9 @@ def device_name(device: torch.device | str) -> str:
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
+    """HEAD of the checkout (with +dirty), or $MOE_BENCH_GIT_COMMIT where the tree is a copy without .git."""
+    if os.environ.get("MOE_BENCH_GIT_COMMIT"):
+        return os.environ["MOE_BENCH_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).resolve().parent,
                              capture_output=True, text=True, timeout=5)
