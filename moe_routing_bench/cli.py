@@ -413,13 +413,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_roofline(args) -> None:
-    try:
-        from .kernels.roofline import plot_roofline
-    except ImportError as e:
-        raise ConfigError(f"roofline plotting is unavailable: {e}") from None
+    from .kernels.roofline import plot_roofline, run_roofline
+
     run = Runner(args)
     case = _case(args, device=str(run.device))
-    _stage_records(run, case, _backend_list(args.backend), bench.STAGES)
+    records = run_roofline([case], _backend_list(args.backend), device=case.device, dtype=case.dtype,
+                           iters=args.iters, warmup=args.warmup, workload=case.workload,
+                           copy_bytes_per_s=run.copy_bytes_per_s, flush_l2=args.flush_l2)
+    for rec in records:
+        run.emit(rec)
     run.finish(STAGE_COLUMNS)
     plot_roofline(run.records, args.png)
     print(f"wrote {args.png}")

@@ -93,3 +93,13 @@ def test_console_script_entry_point_has_no_traceback():
                            "--device", "cpu"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.strip().startswith("moe-bench: error:")
+
+
+def test_roofline_writes_records_and_png(tmp_path):
+    out, png = tmp_path / "r.jsonl", tmp_path / "r.png"
+    assert main(["roofline", "--device", "cpu", "--num-tokens", "64", "--hidden-dim", "32", "--num-experts", "8",
+                 "--backend", "torch", "--iters", "2", "--out", str(out), "--png", str(png)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["name"] for r in rows} == {"topk", "plan", "pack", "combine", "routing_path"}
+    assert all("pct_of_copy" in r for r in rows if r["name"] in ("pack", "combine"))
+    assert png.stat().st_size > 1000

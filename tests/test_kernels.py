@@ -1,0 +1,380 @@
+"""Triton kernels (the `triton` backend) against the torch reference.
+
+On machines without a GPU the kernels run in Triton's interpreter (set below before any kernel is
+imported). Every kernel output buffer is poisoned (NaN floats, sentinel ints, a fixed bool) before
+the kernels write, so an element a kernel forgets shows up as a mismatch. Ids and plan fields must
+be equal; float values within float32 rounding (1e-5) or one bf16 step.
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from moe_routing_bench import dispatch, routers  # noqa: E402
+from moe_routing_bench import plan as plan_mod  # noqa: E402
+from moe_routing_bench.backends import get_backend  # noqa: E402
+from moe_routing_bench.errors import ConfigError  # noqa: E402
+from moe_routing_bench.kernels import _common, triton_backend  # noqa: E402
+from moe_routing_bench.kernels import triton_backend as tb_fn  # noqa: E402
+from moe_routing_bench.kernels.topk import MODES, route_topk  # noqa: E402
+from moe_routing_bench.kernels.triton_backend import build_plan, combine, pack, route  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+PLAN_INT_FIELDS = ("counts_E", "kept_counts_E", "offsets_E1", "slot_TK", "kept_TK", "row_TK", "token_index_R")
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs():
+    _common.set_poison("a")
+    yield
+    _common.set_poison(None)
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(*shape, seed=0, dtype=torch.float32):
+    return torch.randn(*shape, generator=gen(seed)).to(device=DEV, dtype=dtype)
+
+
+def assert_same_routing(a, b, atol=1e-6, rtol=1e-5):
+    assert a.expert_ids_TK.dtype == b.expert_ids_TK.dtype == torch.int64
+    assert torch.equal(a.expert_ids_TK, b.expert_ids_TK)
+    torch.testing.assert_close(a.weights_TK, b.weights_TK, atol=atol, rtol=rtol)
+    torch.testing.assert_close(a.probs_TE, b.probs_TE, atol=atol, rtol=rtol)
+    assert a.valid_TK is None and b.valid_TK is None or torch.equal(a.valid_TK, b.valid_TK)
+    assert a.causal_safe == b.causal_safe
+
+
+def assert_same_plan(a, b):
+    for name in ("num_tokens", "num_experts", "top_k", "capacity", "layout", "every_row_filled"):
+        assert getattr(a, name) == getattr(b, name), name
+    for name in PLAN_INT_FIELDS:
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and x.shape == y.shape, name
+        assert torch.equal(x, y), name
+    assert a.gate_TK.dtype == torch.float32
+    torch.testing.assert_close(a.gate_TK, b.gate_TK, atol=1e-6, rtol=1e-5)
+
+
+def assert_bf16_close(a, b):
+    """Within one bf16 step (the interpreter rounds float32 -> bf16 toward zero)."""
+    assert a.dtype == b.dtype
+    assert not torch.isnan(a).any()
+    if a.dtype == torch.bfloat16:
+        torch.testing.assert_close(a.float(), b.float(), rtol=2 ** -7, atol=1e-6)
+    else:
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- registry
+
+def test_registry_returns_the_triton_backend():
+    b = get_backend("triton")
+    assert b.name == "triton" and b.route is route and b.pack is pack and b.combine is combine
+    assert callable(tb_fn) and triton_backend().name == "triton"
+
+
+# ----------------------------------------------------------------------------- router
+
+ROUTE_CASES = [
+    # strategy, T, E, K, options
+    ("top1", 333, 60, 1, {}),
+    ("top1", 64, 512, 1, {}),
+    ("topk-hard", 333, 60, 3, {}),
+    ("softk", 333, 60, 2, {}),
+    ("softk", 200, 7, 5, {"temperature": 0.5}),
+    ("softk", 200, 128, 8, {"renormalize": False}),
+    ("softk", 200, 33, 4, {"renormalize": False, "temperature": 2.0}),
+    ("softk", 64, 512, 8, {}),
+    ("softk", 50, 2, 2, {}),
+    ("aux-free", 333, 60, 6, {}),
+    ("aux-free", 200, 96, 8, {"bias": True}),
+    ("aux-free", 64, 512, 4, {"bias": True}),
+]
+
+
+@pytest.mark.parametrize("strategy,T,E,K,opts", ROUTE_CASES)
+def test_route_matches_reference(strategy, T, E, K, opts):
+    opts = dict(opts)
+    if opts.pop("bias", False):
+        opts["bias_E"] = 0.3 * randn(E, seed=5)
+    logits = randn(T, E, seed=T + E + K)
+    assert_same_routing(route(logits, strategy, K, **opts), routers.route(logits, strategy, K, **opts))
+
+
+@pytest.mark.parametrize("strategy", ["top1", "topk-hard", "softk", "aux-free"])
+def test_route_ties_lower_expert_id_wins(strategy):
+    K = 1 if strategy == "top1" else 4
+    logits = torch.randint(-2, 3, (300, 24), generator=gen(1)).float().to(DEV)  # many exact ties
+    logits[:5] = 0.0  # whole rows tied
+    logits[5, :] = -0.0
+    logits[5, 7:] = 0.0  # -0.0 and +0.0 tie too
+    a, b = route(logits, strategy, K), routers.route(logits, strategy, K)
+    assert_same_routing(a, b)
+    assert a.expert_ids_TK[0].tolist() == list(range(K))
+
+
+def test_route_bf16_logits_are_upcast_in_the_kernel():
+    logits = randn(300, 40, seed=3, dtype=torch.bfloat16)
+    assert_same_routing(route(logits, "softk", 3), routers.route(logits, "softk", 3))
+
+
+@pytest.mark.parametrize("strategy", ["hash", "expert-choice"])
+def test_route_falls_back_to_the_reference(strategy):
+    logits = randn(100, 16, seed=4)
+    tok = torch.randint(0, 1000, (100,), generator=gen(2)).to(DEV)
+    a = route(logits, strategy, 2, token_ids_T=tok, capacity_factor=1.5)
+    b = routers.route(logits, strategy, 2, token_ids_T=tok, capacity_factor=1.5)
+    assert torch.equal(a.expert_ids_TK, b.expert_ids_TK) and torch.equal(a.weights_TK, b.weights_TK)
+    assert a.causal_safe == b.causal_safe
+
+
+def test_route_rejects_bad_arguments_like_the_reference():
+    logits = randn(10, 8)
+    for args, kw in [(("softk", 0), {}), (("softk", 9), {}), (("top1", 2), {}), (("softk", 2), {"temperature": 0.0}),
+                     (("nope", 2), {})]:
+        with pytest.raises(ConfigError):
+            routers.route(logits, *args, **kw)
+        with pytest.raises(ConfigError):
+            route(logits, *args, **kw)
+
+
+def test_route_without_probs_skips_only_the_probs():
+    logits = randn(100, 32, seed=8)
+    ids, w, probs = route_topk(logits, MODES["softk"], 4, write_probs=False)
+    ref = routers.route(logits, "softk", 4)
+    assert probs is None and torch.equal(ids, ref.expert_ids_TK)
+    torch.testing.assert_close(w, ref.weights_TK)
+
+
+@pytest.mark.parametrize("strategy,K,opts", [
+    ("top1", 1, {}), ("topk-hard", 3, {}), ("softk", 3, {"temperature": 0.7}), ("softk", 3, {"renormalize": False}),
+    ("aux-free", 3, {"bias": True}),
+])
+def test_route_gradients_equal_the_reference(strategy, K, opts):
+    opts = dict(opts)
+    E = 20
+    if opts.pop("bias", False):
+        opts["bias_E"] = 0.3 * randn(E, seed=6)
+    base = randn(150, E, seed=7)
+    gw, gp = randn(150, K, seed=8), randn(150, E, seed=9)
+    grads, outs = [], []
+    for fn in (route, routers.route):
+        logits = base.clone().requires_grad_()
+        r = fn(logits, strategy, K, **opts)
+        assert r.weights_TK.requires_grad == (strategy != "topk-hard")
+        loss = (r.probs_TE * gp).sum() + routers.balance_loss(r)
+        if r.weights_TK.requires_grad:
+            loss = loss + (r.weights_TK * gw).sum()
+        loss.backward()
+        grads.append(logits.grad)
+        outs.append(r)
+    assert torch.equal(outs[0].expert_ids_TK, outs[1].expert_ids_TK)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- plan
+
+def routing_for(kind, T, E, K, seed=0):
+    """Routings that stress the plan: random, skewed (empty experts), all on one expert, equal weights."""
+    logits = randn(T, E, seed=seed)
+    if kind == "skewed":  # only the first third of the experts ever chosen, a hot one among them
+        logits[:, E // 3:] -= 100.0
+        logits[:, 1] += 2.0
+    elif kind == "one-expert":  # every token's first choice is expert E-2 (K=1: all tokens there)
+        logits[:, E - 2] += 100.0
+    strategy = "topk-hard" if kind == "equal-weights" else "softk"
+    return routers.route(logits, strategy, K)
+
+
+PLAN_CASES = [
+    # kind, T, E, K
+    ("random", 1000, 60, 1),
+    ("random", 700, 60, 2),
+    ("random", 333, 37, 3),
+    ("random", 300, 128, 8),
+    ("skewed", 500, 30, 2),
+    ("one-expert", 400, 16, 1),
+    ("one-expert", 300, 9, 4),
+    ("equal-weights", 450, 12, 5),
+]
+POLICIES = [
+    # capacity_factor, drop_policy, layout, renormalize_kept
+    (None, "position", "ragged", False),
+    (None, "score", "ragged", True),
+    (0.7, "position", "ragged", False),
+    (0.7, "position", "padded", True),
+    (0.7, "score", "ragged", True),
+    (0.7, "score", "padded", False),
+    (1.5, "position", "padded", False),
+]
+
+
+@pytest.mark.parametrize("kind,T,E,K", PLAN_CASES)
+@pytest.mark.parametrize("cf,policy,layout,renorm", POLICIES)
+def test_plan_matches_reference(kind, T, E, K, cf, policy, layout, renorm):
+    r = routing_for(kind, T, E, K, seed=T + K)
+    kw = dict(capacity_factor=cf, drop_policy=policy, layout=layout, renormalize_kept=renorm)
+    a, b = build_plan(r, **kw), plan_mod.build_plan(r, **kw)
+    assert_same_plan(a, b)
+    if cf is not None and kind in ("skewed", "one-expert"):
+        assert not bool(a.kept_TK.all())  # the case really drops
+
+
+@pytest.mark.parametrize("policy", ["position", "score"])
+@pytest.mark.parametrize("cf,layout", [(None, "ragged"), (1.0, "ragged"), (0.5, "padded")])
+def test_plan_with_invalid_slots_expert_choice(policy, cf, layout):
+    logits = randn(120, 10, seed=11)
+    r = routers.route(logits, "expert-choice", 2, capacity_factor=1.3)
+    assert r.valid_TK is not None and not bool(r.valid_TK.all())
+    kw = dict(capacity_factor=cf, drop_policy=policy, layout=layout, renormalize_kept=True)
+    assert_same_plan(build_plan(r, **kw), plan_mod.build_plan(r, **kw))
+
+
+def test_plan_explicit_capacity_and_poison_b():
+    _common.set_poison("b")
+    r = routing_for("random", 640, 24, 3, seed=2)
+    for policy in ("position", "score"):
+        for layout in ("ragged", "padded"):
+            kw = dict(capacity=7, drop_policy=policy, layout=layout)
+            assert_same_plan(build_plan(r, **kw), plan_mod.build_plan(r, **kw))
+
+
+def test_plan_gate_carries_the_router_gradient():
+    base = randn(200, 16, seed=12)
+    grads = []
+    for rt, bp in ((route, build_plan), (routers.route, plan_mod.build_plan)):
+        logits = base.clone().requires_grad_()
+        p = bp(rt(logits, "softk", 3), capacity_factor=0.6, renormalize_kept=True)
+        assert p.gate_TK.requires_grad
+        (p.gate_TK * torch.arange(3.0, device=DEV)).sum().backward()
+        grads.append(logits.grad)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- pack and combine
+
+DISPATCH_CASES = [
+    # kind, T, E, K, H, capacity_factor, drop_policy, layout
+    ("random", 700, 60, 2, 96, None, "position", "ragged"),
+    ("random", 333, 37, 3, 256, 0.7, "position", "padded"),
+    ("skewed", 500, 30, 2, 64, 0.8, "score", "ragged"),
+    ("one-expert", 300, 9, 4, 40, 1.5, "position", "padded"),
+    ("random", 150, 128, 8, 128, None, "score", "ragged"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("kind,T,E,K,H,cf,policy,layout", DISPATCH_CASES)
+def test_pack_and_combine_match_reference(dtype, kind, T, E, K, H, cf, policy, layout):
+    r = routing_for(kind, T, E, K, seed=H)
+    p = plan_mod.build_plan(r, capacity_factor=cf, drop_policy=policy, layout=layout, renormalize_kept=True)
+    x = randn(T, H, seed=1, dtype=dtype)
+    packed = pack(x, p)
+    assert torch.equal(packed, dispatch.pack(x, p))  # a copy: bit-exact, zero rows included
+    y = randn(p.num_rows, H, seed=2, dtype=dtype)
+    if p.every_row_filled is False:
+        y[p.token_index_R == T] = float("nan")  # rows of no kept slot must never be read
+    out = combine(y, p)
+    assert_bf16_close(out, dispatch.combine(y, p))
+    assert torch.equal(out, combine(y, p))  # deterministic: bit-identical run to run
+
+
+def test_combine_skips_dropped_slots_and_handles_tokens_with_nothing_kept():
+    r = routing_for("one-expert", 200, 8, 2, seed=3)
+    p = plan_mod.build_plan(r, capacity=5)  # almost everything dropped
+    lost = ~p.kept_TK.any(-1)
+    assert bool(lost.any())
+    y = randn(p.num_rows, 32, seed=4, dtype=torch.bfloat16)
+    out = combine(y, p)
+    assert torch.equal(out[lost], torch.zeros_like(out[lost]))
+    assert_bf16_close(out, dispatch.combine(y, p))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("cf,policy,layout", [(None, "position", "ragged"), (0.7, "score", "padded"),
+                                              (0.8, "position", "ragged")])
+def test_layer_gradients_equal_the_reference(dtype, cf, policy, layout):
+    """route -> plan -> pack -> a row-specific nonlinearity -> combine, backward to x and the logits."""
+    T, E, K, H = 240, 12, 3, 48
+    base_x, base_l = randn(T, H, seed=20, dtype=dtype), randn(T, E, seed=21)
+    g_out = randn(T, H, seed=22, dtype=dtype)
+    results = []
+    for backend in ("triton", "torch"):
+        b = get_backend(backend)
+        x, logits = base_x.clone().requires_grad_(), base_l.clone().requires_grad_()
+        p = b.build_plan(b.route(logits, "softk", K), capacity_factor=cf, drop_policy=policy, layout=layout,
+                         renormalize_kept=cf is not None)  # dropless renorm is ~identity: grads ~rounding noise
+        packed = b.pack(x, p)
+        s_R = randn(p.num_rows, 1, seed=23, dtype=dtype)  # row-specific: experts differ
+        y = torch.tanh(packed) * s_R + packed
+        out = b.combine(y, p)
+        out.backward(g_out)
+        results.append((out.detach(), x.grad, logits.grad))
+    (o1, gx1, gl1), (o2, gx2, gl2) = results
+    assert_bf16_close(o1, o2)
+    if dtype == torch.float32:
+        torch.testing.assert_close(gx1, gx2, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(gl1, gl2, atol=1e-5, rtol=1e-4)
+    else:  # bf16 rounds at different places (fp32 sums here, bf16 index_add there): a few steps
+        scale = gx2.float().abs().max().item()
+        torch.testing.assert_close(gx1.float(), gx2.float(), rtol=2 ** -5, atol=2 ** -6 * scale)
+        torch.testing.assert_close(gl1, gl2, atol=2e-2 * gl2.abs().max().item(), rtol=2e-2)
+
+
+def test_combine_backward_pieces_equal_the_reference():
+    r = routing_for("skewed", 300, 20, 3, seed=5)
+    p = plan_mod.build_plan(r, capacity_factor=0.9, layout="padded")
+    y0 = randn(p.num_rows, 64, seed=6)
+    g0 = p.gate_TK.clone()
+    go = randn(300, 64, seed=7)
+    grads = []
+    for fn in (combine, dispatch.combine):
+        y, g = y0.clone().requires_grad_(), g0.clone().requires_grad_()
+        plan_g = plan_mod.Plan(**{**p.__dict__, "gate_TK": g})
+        fn(y, plan_g).backward(go)
+        grads.append((y.grad, g.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grads[0][1], grads[1][1], atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- benchmark plumbing
+
+def test_bench_stages_and_roofline_run_with_the_triton_backend(tmp_path):
+    from moe_routing_bench.bench import Case, bench_stages
+    from moe_routing_bench.kernels.roofline import plot_roofline, run_roofline
+
+    case = Case(96, 64, 12, 2, device=DEV, capacity_factor=1.0, layout="padded")
+    recs = bench_stages(case, "triton", warmup=0, iters=1)
+    assert [r["name"] for r in recs] == ["topk", "plan", "pack", "combine", "routing_path"]
+    roof = run_roofline([(64, 32, 8, 2)], backends=("torch", "triton"), device=DEV, iters=1, warmup=0,
+                        copy_bytes_per_s=1e9)
+    assert {r["backend"] for r in roof} == {"torch", "triton"}
+    assert all("pct_of_copy" in r for r in roof if r["name"] in ("pack", "combine", "routing_path"))
+    png = plot_roofline(roof, str(tmp_path / "roof.png"))
+    assert os.path.getsize(png) > 1000
+
+
+@pytest.mark.parametrize("cfg", [(64, 32, 4, True), (128, 64, 8, False), (64, 64, 4, False), (256, 32, 4, True)])
+@pytest.mark.parametrize("cf,layout,valid", [(None, "ragged", False), (0.7, "padded", False), (1.0, "ragged", True)])
+def test_plan_launch_configs_all_compute_the_reference(cfg, cf, layout, valid):
+    """Every config the GPU plan tuner may pick (block size, chunk, warps, separate block scan)."""
+    from moe_routing_bench.kernels import plan as kplan
+
+    if valid:
+        r = routers.route(randn(300, 10, seed=13), "expert-choice", 2, capacity_factor=1.3)
+    else:
+        r = routing_for("skewed", 700, 37, 3, seed=14)
+    kw = dict(capacity_factor=cf, layout=layout, renormalize_kept=True)
+    kplan.set_plan_config(cfg)
+    try:
+        got = build_plan(r, **kw)
+    finally:
+        kplan.set_plan_config(None)
+    assert_same_plan(got, plan_mod.build_plan(r, **kw))
