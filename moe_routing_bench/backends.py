@@ -22,6 +22,11 @@ import torch
 from . import dispatch, plan, routers
 from .errors import ConfigError, check_top_k
 
+if not torch.cuda.is_available():
+    # Triton kernels can only run in its interpreter here. The variable must be set before anything
+    # (torch.compile's inductor included) imports triton, so it is set when the registry loads.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 @dataclass(frozen=True)
 class Backend:
@@ -55,8 +60,6 @@ def _compile_backend() -> Backend:
 
 
 def _triton_backend() -> Backend:
-    if not torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are decorated
     from .kernels import triton_backend
 
     return triton_backend()

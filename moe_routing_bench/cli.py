@@ -190,7 +190,10 @@ def cmd_quick(args) -> None:
     case = _case(args, device=str(run.device))
     print(f"quick routing-path benchmark on {run.env['device_name']} ({run.device.type}), "
           f"T={case.num_tokens} H={case.hidden_dim} E={case.num_experts} K={case.top_k} {case.dtype}")
-    _stage_records(run, case, _backend_list(args.backend), bench.STAGES)
+    backends = _backend_list(args.backend)
+    if "triton" in backends and run.env["triton_interpreter"]:
+        print("note: no GPU here, so triton runs in its interpreter: its times are not kernel times")
+    _stage_records(run, case, backends, bench.STAGES)
     run.finish(STAGE_COLUMNS)
 
 

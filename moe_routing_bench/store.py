@@ -58,6 +58,7 @@ def environment(device: torch.device | str) -> dict:
         "device_name": device_name(device),
         "torch": torch.__version__,
         "triton": triton_version(),
+        "triton_interpreter": os.environ.get("TRITON_INTERPRET") == "1",
         "python": platform.python_version(),
         "host": platform.node(),
         "git_commit": git_commit(),
