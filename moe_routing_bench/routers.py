@@ -18,7 +18,6 @@ LM the present sees the future: its `Routing.causal_safe` is False.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -73,7 +72,8 @@ def capacity(num_tokens: int, top_k: int, num_experts: int, capacity_factor: flo
         return None
     check_capacity_factor(capacity_factor)
     cf = Fraction(repr(float(capacity_factor)))
-    return max(1, math.ceil(cf * num_tokens * top_k / num_experts))
+    # integer ceil-division (math.ceil of a Fraction would break a torch.compile graph)
+    return max(1, -(-(cf.numerator * num_tokens * top_k) // (cf.denominator * num_experts)))
 
 
 def topk_lowest_id(scores_TE: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

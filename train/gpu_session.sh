@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# GPU measurements of the training harness, as run on the lent H100 machines (results/train/).
+#   bash train/gpu_session.sh validate   # 1 GPU: throughput benchmark (a), train+kill+resume smoke of every router
+#   bash train/gpu_session.sh sweep      # 2 GPUs: 1-vs-2-GPU scaling (c), routing sweep (b), exclusive benches
+# Needs data/tinystories_val.txt (copy of the TinyStories validation split) and writes under $OUT.
+set -u
+MODE=${1:-validate}
+OUT=${OUT:-out}
+export PYTHONPATH=. PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+PY=${PY:-python3}
+W=/tmp/w
+mkdir -p "$W" "$OUT"
+DATA=data/tinystories_val.txt
+# the model of the targets: E=8, k=2, dim 256, 4 layers, 4 heads, seq 256, batch 64 per GPU (16,384 tokens)
+M="--device cuda --data $DATA --dim 256 --layers 4 --heads 4 --seq-len 256 --num-experts 8 --top-k 2 --dtype bf16"
+ROUTERS=top1,topk-hard,softk,hash,expert-choice,aux-free
+t0=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - t0 ))s] $*"; }
+
+nvidia-smi -L
+$PY -c "import torch, triton, sys; print('torch', torch.__version__, 'triton', triton.__version__, 'python', sys.version.split()[0], torch.cuda.get_device_name(0), torch.cuda.device_count(), 'GPUs')"
+
+if [ "$MODE" = validate ]; then
+  # (a) compiled softk/top1/aux-free + eager softk: compile side by side, then timed one at a time
+  for r in softk top1 aux-free; do
+    timeout 300 $PY train/train.py --bench --compile $M --batch-size 64 --capacity-factor 1.25 --router $r --bench-warmup 30 \
+      --bench-steps 50 --bench-repeats 5 --bench-sync-dir $W/bsync --bench-group 4 --bench-out $W/bench_$r.json \
+      > $W/bench_$r.log 2>&1 &
+  done
+  timeout 300 $PY train/train.py --bench $M --batch-size 64 --capacity-factor 1.25 --router softk --bench-warmup 10 --bench-steps 30 \
+    --bench-repeats 3 --bench-sync-dir $W/bsync --bench-group 4 --bench-out $W/bench_softk_eager.json \
+    > $W/bench_softk_eager.log 2>&1 &
+  wait
+  stamp "benchmarks done"
+  cp $W/bench_*.json $OUT/ 2>/dev/null
+  grep -h "\[bench\]" $W/bench_*.log
+  tail -n 3 $W/bench_*.log | grep -i -E "error|Traceback" && tail -n 30 $W/bench_*.log
+  # every router on the GPU, compiled: killed at step 60 (after its checkpoint), then resumed by a rerun
+  S="--data $DATA --seq-len 256 --batch-per-gpu 64 --dim 256 --layers 4 --heads 4 --num-experts-list 8 \
+     --router-list $ROUTERS --topk-list 2 --capacity-factors 1.25 --seeds 17 --max-steps 120 --eval-interval 30 \
+     --log-interval 10 --lr 1e-3 --warmup-steps 30 --compile --runs-per-gpu 6 --outdir-root $W/smoke --keep-checkpoints"
+  timeout 240 $PY train/sweep.py $S --train-args "--simulate-kill-after 60"
+  stamp "killed pass rc=$?"
+  timeout 200 $PY train/sweep.py $S
+  stamp "resumed pass rc=$?"
+  grep -h "resumed\|Traceback\|Error" $W/smoke/*/stdout.log | sort | uniq -c | head -20
+  cp $W/bench_*.json $OUT/ 2>/dev/null
+  tar czf $OUT/validate_logs.tar.gz -C $W --exclude='*.pt' bench_softk.log bench_top1.log bench_aux-free.log bench_softk_eager.log smoke
+  stamp "validate done"
+fi
+
+if [ "$MODE" = sweep ]; then
+  STEPS=${STEPS:-300}
+  RPG=${RPG:-6}
+  # (c) scaling: the same per-GPU batch on 1 GPU, then DDP on 2 (NCCL), softk compiled, timed alone
+  B="--bench --compile $M --batch-size 64 --capacity-factor 1.25 --router softk --bench-warmup 30 --bench-steps 50 --bench-repeats 5"
+  CUDA_VISIBLE_DEVICES=0 timeout 150 $PY train/train.py $B --bench-out $W/scale_1gpu.json > $W/scale_1gpu.log 2>&1
+  stamp "1-GPU bench rc=$?"
+  timeout 150 $PY -m torch.distributed.run --standalone --nproc_per_node=2 train/train.py --distributed $B \
+    --bench-out $W/scale_2gpu.json > $W/scale_2gpu.log 2>&1
+  stamp "2-GPU bench rc=$?"
+  grep -h "\[bench\]" $W/scale_*.log
+  $PY - <<'EOF2'
+import json
+one, two = (json.load(open(f"/tmp/w/scale_{n}gpu.json")) for n in (1, 2))
+eff = two["tokens_per_s"] / (2 * one["tokens_per_s"])
+rec = {"scaling": True, "gpus": 2, "tokens_per_s_1gpu": one["tokens_per_s"], "tokens_per_s_2gpu": two["tokens_per_s"],
+       "efficiency": eff, "device_name": one["device_name"], "per_gpu_batch_tokens": one["tokens_per_step"],
+       "one_gpu": one, "two_gpu": two}
+json.dump(rec, open("/tmp/w/scaling.json", "w"), indent=2)
+print("scaling efficiency", round(eff, 4), json.dumps({k: v for k, v in rec.items() if k not in ("one_gpu", "two_gpu")}))
+EOF2
+  cp $W/scaling.json $OUT/ 2>/dev/null
+  # a compiled GPU run killed after its step-50 checkpoint, then resumed (alongside the sweep)
+  R="--compile $M --batch-size 64 --router aux-free --capacity-factor 1.25 --max-steps 100 --eval-interval 25 --outdir $W/resume"
+  (CUDA_VISIBLE_DEVICES=1 $PY train/train.py $R --simulate-kill-after 50; echo "killed rc=$?"; \
+   CUDA_VISIBLE_DEVICES=1 $PY train/train.py $R; echo "resumed rc=$?") > $W/resume.log 2>&1 &
+  # (b) the sweep: 6 routers x cf {1.0, 1.25} x 3 seeds, runs placed on both GPUs, RPG per GPU
+  timeout 320 $PY train/sweep.py --data $DATA --seq-len 256 --batch-per-gpu 64 --dim 256 --layers 4 --heads 4 \
+    --num-experts-list 8 --router-list $ROUTERS --topk-list 2 --capacity-factors 1.0,1.25 --seeds 17,18,19 \
+    --max-steps $STEPS --eval-interval 100 --log-interval 25 --eval-batches 20 --lr 1e-3 --warmup-steps 30 \
+    --compile --runs-per-gpu $RPG --outdir-root $W/sweep
+  stamp "sweep rc=$?"
+  wait
+  tail -n 4 $W/resume.log
+  tar czf $OUT/sweep_logs.tar.gz -C $W --exclude='*.pt' sweep scale_1gpu.json scale_2gpu.json scale_1gpu.log \
+    scale_2gpu.log resume resume.log
+  # exclusive-GPU throughput of each configuration (torch.compile cache warm from the sweep), one process per GPU
+  (CUDA_VISIBLE_DEVICES=0 timeout 170 $PY train/bench_throughput.py --router-list top1,softk --capacity-factors 1.0,1.25,none \
+    --compile $M --batch-size 64 --bench-warmup 20 --bench-steps 50 --bench-repeats 3 --out $W/bench_configs.jsonl; \
+   if [ -f data/exp_spread_dispatch.py ]; then  # what-if for the core: no atomics piled on one row in backward
+     CUDA_VISIBLE_DEVICES=0 timeout 100 $PY data/exp_spread_dispatch.py --patched --bench --compile $M --batch-size 64 \
+       --router top1 --capacity-factor 1.25 --bench-warmup 20 --bench-steps 50 --bench-repeats 3 --bench-out $W/whatif_top1.json; fi \
+  ) > $W/bench_configs_0.log 2>&1 &
+  CUDA_VISIBLE_DEVICES=1 timeout 170 $PY train/bench_throughput.py --router-list topk-hard,hash,expert-choice,aux-free \
+    --capacity-factors 1.0,1.25 --compile $M --batch-size 64 --bench-warmup 20 --bench-steps 50 --bench-repeats 3 \
+    --out $W/bench_configs.jsonl > $W/bench_configs_1.log 2>&1 &
+  wait
+  stamp "config benches done"
+  grep -h -A10 "^router " $W/bench_configs_*.log
+  grep -h "\[bench\]" $W/bench_configs_0.log | tail -n 1
+  cat $W/whatif_top1.json >> $W/bench_configs_whatif.json 2>/dev/null
+  cp $W/bench_configs.jsonl $OUT/ 2>/dev/null
+  tar czf $OUT/bench_logs.tar.gz -C $W bench_configs_0.log bench_configs_1.log $(cd $W; ls whatif_top1.json 2>/dev/null)
+  $PY train/summarize.py --runs "$W/sweep/*" --out $OUT/routing_sweep_summary.csv --bench $W/bench_configs.jsonl
+  stamp "sweep mode done"
+fi
+
+if [ "$MODE" = bench ]; then
+  # every configuration of the sweep timed alone on one GPU: all compile side by side, then each takes
+  # the lock in turn (the others wait idle); plus what-ifs: the spread-row dispatch patch, CUDA graphs
+  G=15
+  for r in top1 topk-hard softk hash expert-choice aux-free; do for cf in 1.0 1.25; do
+    timeout 280 $PY train/train.py --bench --compile $M --batch-size 64 --router $r --capacity-factor $cf \
+      --bench-warmup 20 --bench-steps 50 --bench-repeats 3 --bench-sync-dir $W/s --bench-group $G \
+      --bench-out $W/b_${r}_$cf.json > $W/b_${r}_$cf.log 2>&1 &
+  done; done
+  for r in top1 softk; do
+    timeout 280 $PY data/exp_spread_dispatch.py --patched --bench --compile $M --batch-size 64 --router $r \
+      --capacity-factor 1.25 --bench-warmup 20 --bench-steps 50 --bench-repeats 3 --bench-sync-dir $W/s \
+      --bench-group $G --bench-out $W/whatif_spread_${r}_1.25.json > $W/whatif_spread_$r.log 2>&1 &
+  done
+  timeout 280 $PY train/train.py --bench --compile --compile-mode reduce-overhead $M --batch-size 64 --router softk \
+    --capacity-factor 1.25 --bench-warmup 20 --bench-steps 50 --bench-repeats 3 --bench-sync-dir $W/s \
+    --bench-group $G --bench-out $W/whatif_cudagraphs_softk_1.25.json > $W/whatif_cudagraphs.log 2>&1 &
+  wait
+  stamp "benches done"
+  grep -h "\[bench\]" $W/*.log
+  grep -l -E "Traceback|Error" $W/*.log && grep -h -B2 -A3 -E "Error" $W/*.log | tail -n 20
+  cat $W/b_*.json | $PY -c "import json,sys; d=sys.stdin.read(); print(d)" > /dev/null
+  for f in $W/b_*.json; do $PY -c "import json; print(json.dumps(json.load(open('$f'))))" >> $OUT/bench_exclusive.jsonl; done
+  for f in $W/whatif_*.json; do $PY -c "import json; print(json.dumps(json.load(open('$f'))))" >> $OUT/bench_whatif.jsonl; done
+  tar czf $OUT/bench_exclusive_logs.tar.gz -C $W $(cd $W; ls *.log)
+  stamp "bench mode done"
+fi

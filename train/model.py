@@ -1,0 +1,290 @@
+"""A small decoder-only MoE transformer for the training harness (nanoGPT-style, readable).
+
+Shapes use suffixes: B batch, S sequence, H model dim (``dim``), V vocabulary, T = B*S tokens,
+E experts, L layers.
+
+Block (pre-norm)::
+
+    x = x + Drop(Attn(LN1(x)))          # causal, F.scaled_dot_product_attention
+    x = x + Drop(FFN(LN2(x)))           # FFN = moe_routing_bench.layer.MoELayer, or dense
+
+The FFN of every block is the core ``MoELayer`` (any router, any backend) applied to the
+flattened [T, H] activations, with the token ids flattened alongside so ``hash`` routing keys on
+the token id (not the position). ``router="dense"`` gives the baseline of equal *active* FLOPs:
+one GELU MLP of width ``k * ffn_mult * dim`` (an MoE token runs k experts of width
+``ffn_mult * dim``).
+
+``MoETransformer.forward(idx_BS)`` returns ``(logits_BSV, aux_list)``, one ``MoEAux`` per block
+(None for a dense block). ``LossAndStats`` wraps a model into the training step's forward: the
+LM loss plus the balance and z losses, and the routing statistics as tensors (no host sync), so the
+whole step can be compiled (``torch.compile``) and wrapped in DDP.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from moe_routing_bench import metrics, routers
+from moe_routing_bench.layer import MoEAux, MoELayer
+
+DENSE = "dense"
+ROUTERS = routers.STRATEGIES + (DENSE,)
+
+# Per-layer routing statistics returned by LossAndStats, in this column order.
+STAT_NAMES = (
+    "balance_loss",      # Switch E * sum f_i P_i (1 = balanced), unscaled
+    "z_loss",            # mean logsumexp(logits)^2, unscaled
+    "drop_rate",         # dropped assignments / assignments (metrics.drop_rates' avg_drop_rate)
+    "token_drop_rate",   # routed tokens with every assignment dropped / routed tokens
+    "unrouted_rate",     # tokens with no assignment at all / tokens (expert-choice only; else 0)
+    "load_cv",           # std/mean of pre-drop per-expert counts, population std
+    "load_max_over_mean",
+    "gate_entropy",      # mean per-token entropy (nats) of the full router distribution
+)
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 256
+    seq_len: int = 256
+    layers: int = 2
+    dim: int = 256
+    heads: int = 4
+    dropout: float = 0.1
+    ffn_mult: int = 4
+    num_experts: int = 8
+    top_k: int = 2
+    router: str = "softk"          # a routers.STRATEGIES name, or "dense"
+    backend: str = "torch"         # moe_routing_bench.backends name
+    capacity_factor: float | None = 1.25  # None: dropless
+    renorm_after_drop: bool = False
+    drop_policy: str = "position"
+    temperature: float = 1.0
+    jitter_eps: float = 0.0
+    tie_head: bool = False
+
+    def __post_init__(self):
+        self.router = self.router if self.router == DENSE else routers.canonical_strategy(self.router)
+        if self.router == "top1":
+            self.top_k = 1
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not a multiple of heads {self.heads}")
+
+    @property
+    def is_moe(self) -> bool:
+        return self.router != DENSE
+
+    @property
+    def causal_safe(self) -> bool:
+        return self.router != "expert-choice"
+
+    @property
+    def expert_dim(self) -> int:
+        return self.ffn_mult * self.dim
+
+    @property
+    def dense_dim(self) -> int:
+        """Width of the dense baseline FFN: the active width of an MoE token, k * ffn_mult * dim."""
+        return self.top_k * self.ffn_mult * self.dim
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.heads = cfg.heads
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
+        self.proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.dropout = cfg.dropout
+
+    def forward(self, x_BSH: torch.Tensor) -> torch.Tensor:
+        B, S, H = x_BSH.shape
+        q, k, v = self.qkv(x_BSH).split(H, dim=2)
+        q, k, v = (t.view(B, S, self.heads, H // self.heads).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, S, H))
+
+
+class DenseFFN(nn.Module):
+    """GELU MLP of width k*ffn_mult*dim: the dense baseline of equal active FLOPs."""
+
+    def __init__(self, dim: int, width: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, width, bias=False)
+        self.w2 = nn.Linear(width, dim, bias=False)
+        nn.init.normal_(self.w1.weight, std=1 / math.sqrt(dim))  # as MoELayer's experts
+        nn.init.normal_(self.w2.weight, std=1 / math.sqrt(width))
+
+    def forward(self, x_TH: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.gelu(self.w1(x_TH)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.dim)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.dim)
+        if cfg.is_moe:
+            self.ffn = MoELayer(
+                cfg.dim, cfg.expert_dim, cfg.num_experts, cfg.top_k, strategy=cfg.router,
+                backend=cfg.backend, capacity_factor=cfg.capacity_factor, drop_policy=cfg.drop_policy,
+                renormalize_kept=cfg.renorm_after_drop, temperature=cfg.temperature,
+                jitter_eps=cfg.jitter_eps)
+        else:
+            self.ffn = DenseFFN(cfg.dim, cfg.dense_dim)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x_BSH: torch.Tensor, ids_T: torch.Tensor) -> tuple[torch.Tensor, MoEAux | None]:
+        B, S, H = x_BSH.shape
+        x_BSH = x_BSH + self.drop(self.attn(self.ln1(x_BSH)))
+        h_TH = self.ln2(x_BSH).reshape(B * S, H)
+        if isinstance(self.ffn, MoELayer):
+            y_TH, aux = self.ffn(h_TH, ids_T)
+        else:
+            y_TH, aux = self.ffn(h_TH), None
+        return x_BSH + self.drop(y_TH.view(B, S, H)), aux
+
+
+class MoETransformer(nn.Module):
+    """Token + learned position embeddings, ``layers`` pre-norm blocks, final LayerNorm, LM head."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.pos_emb = nn.Embedding(cfg.seq_len, cfg.dim)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.ln_f = nn.LayerNorm(cfg.dim)
+        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self._init_weights()
+        if cfg.tie_head:
+            self.head.weight = self.tok_emb.weight
+
+    def _init_weights(self) -> None:
+        """nanoGPT init for attention, embeddings and head (std 0.02, residual projections scaled
+        by 1/sqrt(2L)); the MoE layer and the dense FFN keep their own init."""
+        for name, p in self.named_parameters():
+            if ".ffn." in name or p.dim() < 2:
+                continue
+            std = 0.02 / math.sqrt(2 * self.cfg.layers) if name.endswith("attn.proj.weight") else 0.02
+            nn.init.normal_(p, mean=0.0, std=std)
+        nn.init.zeros_(self.pos_emb.weight)  # zero-init learned positions, as the seed
+
+    def moe_layers(self) -> list[MoELayer]:
+        return [b.ffn for b in self.blocks if isinstance(b.ffn, MoELayer)]
+
+    def forward(self, idx_BS: torch.Tensor) -> tuple[torch.Tensor, list[MoEAux | None]]:
+        B, S = idx_BS.shape
+        if S > self.cfg.seq_len:
+            raise ValueError(f"sequence of {S} tokens is longer than the model's seq_len {self.cfg.seq_len}")
+        pos = torch.arange(S, device=idx_BS.device)
+        x = self.drop(self.tok_emb(idx_BS) + self.pos_emb(pos))
+        ids_T = idx_BS.reshape(B * S)
+        aux_list = []
+        for block in self.blocks:
+            x, aux = block(x, ids_T)
+            aux_list.append(aux)
+        return self.head(self.ln_f(x)), aux_list
+
+    # ------------------------------------------------------------------------- FLOPs
+    def active_params(self) -> float:
+        """Parameters a token uses in one forward: all but the embedding tables, experts counted
+        k/E (expert-choice: E*C/T assignments per token at the nominal capacity, k*cf/E), the LM
+        head counted once even when tied (it is a matmul either way)."""
+        cfg = self.cfg
+        n = 0.0
+        for name, p in self.named_parameters():
+            if name.startswith(("tok_emb.", "pos_emb.")):
+                continue
+            if name.endswith(("w1_EHF", "w2_EFH")):
+                n += p.numel() * self.expert_fraction()
+            else:
+                n += p.numel()
+        if cfg.tie_head:
+            n += self.head.weight.numel()
+        return n
+
+    def expert_fraction(self) -> float:
+        cfg = self.cfg
+        if cfg.router == "expert-choice":
+            return cfg.top_k * (cfg.capacity_factor or 1.0) / cfg.num_experts
+        return cfg.top_k / cfg.num_experts
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token: 6 * N_active (forward 2, backward 4 per parameter) plus the
+        attention scores and values, 12 * L * dim * S (torchtitan/PaLM convention: forward 4*dim*S
+        per layer, backward twice that, no causal discount)."""
+        cfg = self.cfg
+        S = seq_len or cfg.seq_len
+        return 6.0 * self.active_params() + 12.0 * cfg.layers * cfg.dim * S
+
+
+def routing_stats(aux: MoEAux) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer's statistics as a float32 vector (STAT_NAMES order) and its pre-drop counts [E].
+
+    Tensor-only versions of ``moe_routing_bench.metrics`` (drop_rates, load_stats, gate_entropy):
+    no host sync, so they can run inside the compiled step. Tests check they agree."""
+    routing, plan = aux.routing, aux.plan
+    valid = torch.ones_like(plan.kept_TK) if routing.valid_TK is None else routing.valid_TK
+    kept = plan.kept_TK & valid
+    assignments = valid.sum().float()
+    drop_rate = (valid & ~kept).sum().float() / assignments.clamp(min=1)
+    routed = valid.any(-1)
+    lost = routed & ~kept.any(-1)
+    token_drop_rate = lost.sum().float() / routed.sum().float().clamp(min=1)
+    unrouted = 1.0 - routed.float().mean()
+    counts = routers.expert_counts(routing)
+    c = counts.float()
+    mean = c.mean()
+    load_cv = torch.where(mean > 0, c.std(correction=0) / mean.clamp(min=1e-30), torch.zeros_like(mean))
+    max_over_mean = torch.where(mean > 0, c.max() / mean.clamp(min=1e-30), torch.zeros_like(mean))
+    entropy = metrics.gate_entropy(routing.probs_TE)
+    vec = torch.stack([aux.balance_loss.detach().float(), aux.z_loss.detach().float(), drop_rate,
+                       token_drop_rate, unrouted, load_cv, max_over_mean, entropy.detach()])
+    return vec, counts
+
+
+class LossAndStats(nn.Module):
+    """The training step's forward: ``(x_BS, y_BS) -> (loss, ce, stats_LN, counts_LE)``.
+
+    loss = CE + alpha * sum over MoE layers of the balance loss + beta * sum of the z-loss.
+    The aux terms are added even when their coefficient is 0, so every router weight is in the
+    graph (DDP then needs no ``find_unused_parameters``). ``stats_LN`` has one row per MoE layer
+    (STAT_NAMES columns), ``counts_LE`` the pre-drop expert counts (aux-free bias update); both
+    are detached and empty ([0, ...]) for the dense model.
+    """
+
+    def __init__(self, model: MoETransformer, alpha: float, beta: float):
+        super().__init__()
+        self.model = model
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+
+    def forward(self, x_BS: torch.Tensor, y_BS: torch.Tensor):
+        logits, aux_list = self.model(x_BS)
+        ce = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y_BS.reshape(-1))
+        loss = ce
+        rows, counts = [], []
+        for aux in aux_list:
+            if aux is None:
+                continue
+            loss = loss + self.alpha * aux.balance_loss + self.beta * aux.z_loss
+            vec, cnt = routing_stats(aux)
+            rows.append(vec)
+            counts.append(cnt)
+        device = logits.device
+        if rows:
+            stats, counts_LE = torch.stack(rows), torch.stack(counts)
+        else:
+            stats = torch.zeros(0, len(STAT_NAMES), device=device)
+            counts_LE = torch.zeros(0, self.model.cfg.num_experts, dtype=torch.int64, device=device)
+        return loss, ce.detach(), stats, counts_LE

@@ -1,0 +1,69 @@
+"""Step-wise curves of one or more training logs.
+
+    python train/plot_curve.py --log runs/x/train_log.jsonl --metrics train_loss,val_loss,ppl --out curve.png
+
+One panel per metric, one line per log (several --log values overlay runs); records without the
+metric (val_loss between evaluations) are skipped; the done record is ignored.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def read_log(path: str) -> list[dict]:
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not r.get("done"):
+            rows.append(r)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Plot step-wise metrics of train_log.jsonl files")
+    p.add_argument("--log", nargs="+", required=True, help="train_log.jsonl path(s)")
+    p.add_argument("--metrics", default="train_loss,val_loss,ppl", help="comma list of record keys")
+    p.add_argument("--out", default="results/training_curve.png")
+    p.add_argument("--labels", default=None, help="comma list of line labels (default: run folder names)")
+    args = p.parse_args(argv)
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    labels = args.labels.split(",") if args.labels else [Path(log).parent.name or log for log in args.log]
+    logs = [read_log(log) for log in args.log]
+    labels = [f"{lab} (not causal)" if rows and rows[-1].get("causal_safe") is False else lab
+              for lab, rows in zip(labels, logs)]
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(7, 2.6 * len(metrics)), sharex=True, squeeze=False)
+    plotted = 0
+    for ax, m in zip(axes[:, 0], metrics):
+        for rows, label in zip(logs, labels):
+            pts = [(r["step"], r[m]) for r in rows if r.get(m) is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="." if len(pts) < 40 else None, label=label)
+                plotted += 1
+        ax.set_ylabel(m)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("step")
+    if len(args.log) > 1:
+        axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=120)
+    plt.close(fig)
+    if not plotted:
+        print(f"plot_curve.py: none of {metrics} found in {args.log}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
