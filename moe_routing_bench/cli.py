@@ -275,6 +275,7 @@ def cmd_moe_layer(args) -> None:
     case = _case(args, device=str(run.device))
     dtype = parse_dtype(case.dtype)
     H, F = case.hidden_dim, case.hidden_dim * args.expand
+    dense_flops = timing.matmul_flops(run.device, dtype)  # the same run's compute ceiling
     for name in _backend_list(args.backend):
         torch.manual_seed(case.seed)
         layer = MoELayer(H, F, case.num_experts, case.top_k, strategy=case.strategy, backend=name,
@@ -320,12 +321,13 @@ def cmd_moe_layer(args) -> None:
                **{f"{k}_ms": t.median_s * 1e3 for k, t in times.items()}, "total_ms": total_s * 1e3,
                "routing_share": routing_s / total_s, "tflops_total": flops_fwd / total_s / 1e12,
                "fwd_bwd_ms": fb.median_s * 1e3, "tflops_fwd_bwd": 3 * flops_fwd / fb.median_s / 1e12,
+               "dense_mm_tflops": dense_flops / 1e12, "pct_of_dense_fwd_bwd": 300 * flops_fwd / fb.median_s / dense_flops,
                "bw_GiBps_strict": nbytes / (times["pack"].median_s + times["combine"].median_s) / 2**30,
                "bytes_per_token_strict": nbytes // case.num_tokens, **_routing_load(case, inputs),
                "soft_normalize": "softmax", "temperature": args.temperature}
         run.emit(rec)
     run.finish(["name", "backend", "strategy", "router_ms", "plan_ms", "pack_ms", "ffn_ms", "combine_ms", "total_ms",
-                "routing_share", "tflops_total", "fwd_bwd_ms", "avg_drop_rate"])
+                "routing_share", "tflops_total", "fwd_bwd_ms", "tflops_fwd_bwd", "pct_of_dense_fwd_bwd", "avg_drop_rate"])
 
 
 def cmd_env(args) -> None:

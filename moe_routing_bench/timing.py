@@ -118,3 +118,13 @@ def copy_bandwidth(device: torch.device | str, num_bytes: int | None = None, ite
     dst = torch.empty_like(src)
     t = measure(lambda: dst.copy_(src), device, warmup=3, iters=iters, flush_l2=False)
     return 2 * src.numel() * 4 / t.median_s
+
+
+def matmul_flops(device: torch.device | str, dtype: torch.dtype = torch.bfloat16, n: int | None = None) -> float:
+    """Dense n x n x n matmul rate in FLOP/s, measured now (the compute ceiling for layer numbers)."""
+    device = torch.device(device)
+    n = n or (8192 if device.type == "cuda" else 512)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    t = measure(lambda: a @ b, device, warmup=3, iters=20, flush_l2=False)
+    return 2 * n**3 / t.median_s
