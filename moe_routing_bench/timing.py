@@ -96,11 +96,10 @@ def measure(
     # The flush reads a buffer larger than L2 (a write would leave dirty lines that the timed
     # kernel must write back, charging it for the flush: ~3-5% of a bandwidth-bound kernel on H100).
     flush = torch.ones(256 * 2**20 // 4, dtype=torch.int32, device=device) if flush_l2 else None
-    flush_out = torch.empty((), dtype=torch.int64, device=device)
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
     for start, end in events:
         if flush is not None:
-            torch.sum(flush, dtype=torch.int64, out=flush_out)
+            flush.sum()
         start.record()
         target()
         end.record()
