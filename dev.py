@@ -6,7 +6,8 @@
 
 Set-up makes `.venv` (seeing the system's packages, so a GPU machine keeps its own torch),
 installs `torch==2.13.0` and `triton==3.7.1` only when torch is missing, and installs this
-project in editable mode with its test extras. Standard library only.
+project in editable mode with its test and benchmark extras (pytest, hypothesis, asv).
+Standard library only.
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def setup() -> None:
         missing += [TRITON_PIN]
     if missing:
         _check([VENV_PY, "-m", "pip", "install", "-q", *missing])
-    _check([VENV_PY, "-m", "pip", "install", "-q", "-e", ".[test]"])
+    _check([VENV_PY, "-m", "pip", "install", "-q", "-e", ".[test,bench]"])
     STAMP.touch()
 
 

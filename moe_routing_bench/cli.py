@@ -410,6 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "--output", dest="out", default="")
     p.set_defaults(func=cmd_env)
 
+    p = sub.add_parser("publish", help="asv publish of the result store, with its JavaScript served locally (renders offline)")
+    p.add_argument("--config", default="asv.conf.json")
+    p.add_argument("--serve", action="store_true", help="then serve the dashboard on 127.0.0.1 until interrupted")
+    p.set_defaults(func=cmd_publish)
+
     p = sub.add_parser("roofline", help="time, GB/s and %% of copy bandwidth per primitive and backend; JSONL + PNG")
     _common(p, backend="all")
     p.add_argument("--png", default="results/roofline.png")
@@ -430,6 +435,21 @@ def cmd_roofline(args) -> None:
     run.finish(STAGE_COLUMNS)
     plot_roofline(run.records, args.png)
     print(f"wrote {args.png}")
+
+
+def cmd_publish(args) -> None:
+    from . import publish
+
+    try:
+        html = publish.publish(args.config)
+    except (RuntimeError, FileNotFoundError) as e:  # asv or npm missing, vendoring failed
+        raise ConfigError(f"publish failed: {e}") from None
+    print(f"dashboard written to {html}/index.html")
+    if args.serve:
+        with publish.served(html) as url:
+            print(f"serving {url} (Ctrl-C stops)", flush=True)
+            while True:
+                time.sleep(3600)
 
 
 def _validate(args) -> None:

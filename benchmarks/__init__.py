@@ -1,0 +1,1 @@
+"""asv suites for moe-routing-bench (see common.py; run with `asv run`, config in ../asv.conf.json)."""

@@ -1,0 +1,147 @@
+"""Shared parameters and set-up of the asv suites (DESIGN sections 5-7).
+
+The suites are thin: each class times one operation, and its `setup` builds the operation with
+`moe_routing_bench.bench` (Case, make_inputs, stage_callables): the callables the CLI and the
+pytest-benchmark fixtures time, so a number means the same thing everywhere.
+
+Methods by device (the device comes from the `shape` parameter):
+  time_*     CPU shapes: asv's timer (perf_counter), one torch thread (regressions, not claims)
+  peakmem_*  CPU shapes: peak resident memory of the process
+  track_*_us GPU shapes: `moe_routing_bench.timing.measure` (CUDA events, L2 flushed, warm-up),
+             the median in microseconds, as the CLI reports it (lower is better)
+A method never runs for the other device's shapes (`skip_params`, decided before torch is imported).
+
+The parameter lists are the same on every machine. The store is shared, and asv maps each result
+onto the parameter lists in benchmarks.json (rewritten by every `asv run`): lists that depended on
+the machine would hide the other machines' history. `shape` bundles tokens, hidden size, experts
+and top-k (T-H-E-k): asv starts one process per parameter combination, and a free product of
+T x H x E x k would be mostly meaningless combinations, each costing a process.
+
+Nothing here imports torch or touches CUDA at import time: asv's spawn launcher imports these
+modules in every benchmark process, and CUDA must be initialised only in the process that runs.
+Every class pins `version`, so its history survives edits of its source (bump it when the meaning
+of a number changes).
+"""
+from __future__ import annotations
+
+import itertools
+import os
+
+BACKENDS = ["torch", "compile", "triton"]
+CPU_BACKENDS = {"torch"}  # compile: compile time dominates on CPU; triton: the interpreter on CPU
+WORKLOADS = ["uniform", "zipf", "hot"]
+DTYPE = "bfloat16"
+SEED = 17
+
+# label -> (tokens, hidden, experts, top_k, device)
+SHAPES = {
+    "T1024-H256-E16-k2": (1024, 256, 16, 2, "cpu"),
+    "T1024-H256-E64-k8": (1024, 256, 64, 8, "cpu"),
+    "T16384-H4096-E128-k2": (16384, 4096, 128, 2, "cuda"),  # DESIGN section 7: the targets
+    "T4096-H7168-E256-k8": (4096, 7168, 256, 8, "cuda"),  # pack/combine >= 90% of copy
+    "T8192-H1024-E32-k2": (8192, 1024, 32, 2, "cuda"),  # small kernels: launch cost shows
+}
+STAGE_SHAPES = list(SHAPES)  # pack, combine: DESIGN's three GPU shapes
+ROUTER_SHAPES = STAGE_SHAPES[:3]  # top-k, plan: the CPU shapes and the main GPU shape
+MAIN_SHAPES = ["T1024-H256-E16-k2", "T16384-H4096-E128-k2"]  # one per device
+# MoE layer (the seed's bench_moe_layer sizes on GPU), expert hidden = 4 * H
+LAYER_SHAPES = {
+    "T512-H128-E8-k2": (512, 128, 8, 2, "cpu"),
+    "T8192-H1024-E32-k2": (8192, 1024, 32, 2, "cuda"),
+}
+
+
+def device_of(shape: str) -> str:
+    return (SHAPES.get(shape) or LAYER_SHAPES[shape])[4]
+
+
+def skip_unless(cls, method, keep) -> None:
+    """Attach asv's `skip_params` (what @skip_for_params does) for combinations where not keep(p)."""
+    combos = itertools.product(*cls.params) if cls.params else []
+    skip = [c for c in combos if not keep(dict(zip(cls.param_names, c)))]
+    func = getattr(cls, method)
+    func.skip_params = skip
+
+
+def split_by_device(cls):
+    """Class decorator: time_*/peakmem_* run on CPU shapes with CPU backends, track_*_us on GPU shapes."""
+    for name in dir(cls):
+        if name.startswith(("time_", "peakmem_")):
+            skip_unless(cls, name, lambda p: device_of(p["shape"]) == "cpu" and p["backend"] in CPU_BACKENDS)
+        elif name.startswith("track_") and (name.endswith("_us") or name.endswith("_mib")):
+            skip_unless(cls, name, lambda p: device_of(p["shape"]) == "cuda")
+    return cls
+
+
+def _gpu_present() -> bool:
+    """A cheap check that needs no torch import: the NVIDIA driver is loaded."""
+    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia"))
+
+
+def prepare(device: str, backend: str):
+    """Skip (NotImplementedError) what cannot run here; return the backend object."""
+    if device == "cuda" and not _gpu_present():
+        raise NotImplementedError("GPU shape on a machine without a GPU")
+    import torch
+
+    from moe_routing_bench import backends
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise NotImplementedError("GPU shape, but torch sees no CUDA device")
+    reason = backends.backend_unavailable_reason(backend)
+    if reason is not None:
+        raise NotImplementedError(reason)
+    if device == "cpu":
+        torch.set_num_threads(1)  # 2 threads on 2 vCPUs gave bimodal samples
+        stable_cpu_allocator()
+    return backends.get_backend(backend)
+
+
+def stable_cpu_allocator() -> None:
+    """Fixed glibc mmap/trim thresholds: otherwise ~1 process in 10 pays page faults on every
+    large tensor for its whole life (5x slower CPU combine). A copy of
+    moe_routing_bench.regression.stable_cpu_allocator: old commits do not have that module."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 28), libc.mallopt(-1, 1 << 28)  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def stage_setup(stage: str, backend: str, shape: str, workload: str = "uniform", **case_options):
+    """(case, zero-argument callable) for one stage of the routing path, inputs built already."""
+    from moe_routing_bench import bench
+
+    tokens, hidden, experts, top_k, device = SHAPES[shape]
+    impl = prepare(device, backend)
+    case = bench.Case(tokens, hidden, experts, top_k, dtype=DTYPE, device=device, workload=workload,
+                      seed=SEED, **case_options).validated()
+    inputs = bench.make_inputs(case)
+    return case, bench.stage_callables(impl, case, inputs)[stage]
+
+
+def gpu_median_us(fn, device: str = "cuda") -> float:
+    """The CLI's measurement: CUDA events, 10 warm-up calls, 100 repetitions, L2 flushed."""
+    from moe_routing_bench.timing import measure
+
+    return measure(fn, device, warmup=10, iters=100, flush_l2=True).median_s * 1e6
+
+
+class StageBenchmark:
+    """Base of the per-stage suites; subclasses set `stage` and name their methods."""
+
+    stage = ""
+    param_names = ["backend", "shape", "workload"]
+    params = [BACKENDS, STAGE_SHAPES, ["uniform"]]
+    timeout = 600  # spawn: each process imports torch, creates a CUDA context, maybe compiles
+    warmup_time = 0.2
+    repeat = (5, 20, 10.0)
+
+    def setup(self, backend, shape, workload):
+        self.case, self.fn = stage_setup(self.stage, backend, shape, workload)
+
+    def _gpu_us(self) -> float:
+        return gpu_median_us(self.fn, self.case.device)

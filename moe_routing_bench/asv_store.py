@@ -1,0 +1,579 @@
+"""The result store (DESIGN section 6): asv's results directory, and exporters into it.
+
+asv suites write into `results/asv` themselves. This module adds what asv does not measure, as
+`track_*` results of stub benchmarks with a pinned version, so that `asv publish` shows kernels,
+the layer and training metrics on one dashboard, with the GPU model as a filter:
+
+    export_pytest_benchmark(json_path)     pytest-benchmark --benchmark-json output
+    export_jsonl(jsonl_path)               CLI records (`moe-bench bench-routing --out x.jsonl`)
+    export_training_summary(summary_csv)   a training sweep summary (train/summarize.py)
+
+Command line: `python -m moe_routing_bench.asv_store {pytest-benchmark,jsonl,training} FILE
+[--machine NAME] [--results-dir results/asv] [--commit REF]`; `... machine [--name NAME]` records
+this machine (with its `gpu` and `cuda` keys) in ~/.asv-machine.json for `asv run`;
+`... import-results DIR [--commit HASH]` merges asv results brought back from another machine.
+
+How the store works (asv results API version 2; notes/asv-and-pytest-benchmark.md section 4):
+- `<results>/<machine>/machine.json`: the machine's keys; with `python` they become the dashboard's
+  filters. Machines here carry `gpu` and `cuda` ("none" on CPU machines).
+- `<results>/<machine>/<commit[:8]>-<env>.json`: one file per commit and environment; a row per
+  benchmark holds its values over the product of its parameter lists. An export merges into the
+  file of the same commit and environment (new values win) and is written atomically.
+- `<results>/benchmarks.json`: what asv discovered (rewritten by every `asv run`). A result is shown
+  only if its benchmark is there with the same version. Exported benchmarks are recorded in
+  `<results>/exported.json` too, from which `benchmarks/exported.py` defines the stubs, so a later
+  `asv run` rediscovers exactly these entries.
+Parameter values are stored as Python reprs ("'softk'", "64", "1.25", "None"), as asv does.
+
+Standard library only at import time (torch is imported only to describe a GPU), so that the asv
+stubs and the exporters start fast.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable
+
+DEFAULT_RESULTS_DIR = Path("results/asv")
+REGISTRY = "exported.json"
+EXPORT_VERSION = "export-v1"  # bump when the meaning of an exported number changes
+MACHINE_FILE = Path("~/.asv-machine.json")
+
+TRAINING_PARAMS = ("router", "num_experts", "top_k", "capacity_factor")
+# Numeric summary columns that describe the configuration or the run rather than measure it
+# (train/summarize.py's key columns and bookkeeping); `*_std` columns are dropped too.
+TRAINING_CONFIG_COLUMNS = {
+    *TRAINING_PARAMS, "seed", "seeds", "n_seeds", "dim", "layers", "heads", "expand", "ffn_mult", "seq_len",
+    "batch_size", "batch_per_gpu", "world_size", "max_steps", "steps", "best_step", "eval_interval",
+    "vocab_size", "flops_per_token", "params_active", "params_total", "done", "causal_safe", "gpu_shared_by_runs",
+}
+UNITS = [  # (pattern on the metric name, unit); first match wins
+    (r"balance_loss|z_loss|load_cv", "value"), (r"ppl", "ppl"), (r"tokens_per_s", "tokens/s"), (r"tflops", "TFLOP/s"), (r"gibps", "GiB/s"),
+    (r"gbps", "GB/s"), (r"drop_rate|share|fraction", "fraction"), (r"loss", "nats"), (r"entropy", "nats"),
+    (r"_ms$", "ms"), (r"_us$", "us"), (r"_s$", "s"),
+]
+
+
+# --------------------------------------------------------------------------------------- machines
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def _ram_bytes() -> str:
+    try:
+        return str(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return ""
+
+
+def local_gpu() -> dict[str, str]:
+    """`gpu` (device name) and `cuda` (torch's CUDA version) of this machine, "none" without a GPU."""
+    try:
+        import torch
+    except ImportError:
+        return {"gpu": "none", "cuda": "none"}
+    if not torch.cuda.is_available():
+        return {"gpu": "none", "cuda": "none", "torch_version": torch.__version__}
+    return {"gpu": torch.cuda.get_device_name(0), "cuda": torch.version.cuda or "unknown",
+            "torch_version": torch.__version__}
+
+
+def default_machine_name(gpu: str | None = None) -> str:
+    """GPU machines are named after the GPU model, CPU machines after the CPU model and core count."""
+    if gpu and gpu != "none":
+        return slug(gpu)
+    return f"cpu-{slug(_cpu_model())}-{os.cpu_count()}c"
+
+
+def machine_info(name: str | None = None, **keys: str) -> dict[str, str]:
+    """asv's machine description plus `gpu`, `cuda`, `torch_version`, `triton_version` keys.
+
+    Without `keys`: this host. With `keys` (at least `gpu`): another machine whose records are
+    exported here; its host keys are left empty (`asv run` on it fills them in)."""
+    if "gpu" in keys:
+        info = {"arch": "", "cpu": "", "num_cpu": "", "os": "", "ram": "", "cuda": "unknown", **keys}
+    else:
+        info = {"arch": platform.machine(), "cpu": _cpu_model(), "num_cpu": str(os.cpu_count()),
+                "os": f"{platform.system()} {platform.release()}", "ram": _ram_bytes(), **local_gpu(), **keys}
+        try:
+            import triton
+
+            info.setdefault("triton_version", triton.__version__)
+        except ImportError:
+            pass
+    info["machine"] = name or default_machine_name(info.get("gpu"))
+    return info
+
+
+def register_machine(name: str | None = None, machine_file: Path = MACHINE_FILE) -> dict[str, str]:
+    """Add (or refresh) this host in ~/.asv-machine.json so that `asv run --machine NAME` works."""
+    info = machine_info(name)
+    path = Path(machine_file).expanduser()
+    data = json.loads(path.read_text()) if path.exists() else {"version": 1}
+    data[info["machine"]] = info
+    data["version"] = 1
+    _write_json(path, data)
+    return info
+
+
+# ------------------------------------------------------------------------------------------- git
+def _git(repo: Path, *args: str) -> str:
+    out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise ValueError(f"git {' '.join(args)} failed in {repo}: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def resolve_commit(ref: str | None = None, repo: Path | None = None) -> tuple[str, int]:
+    """(40-hex commit, commit date in ms since the epoch) of `ref` (default HEAD; '+dirty' dropped)."""
+    repo = Path(repo or Path.cwd())
+    ref = (ref or "HEAD").removesuffix("+dirty")
+    commit = _git(repo, "rev-parse", "--verify", f"{ref}^{{commit}}")
+    return commit, int(_git(repo, "show", "-s", "--format=%ct", commit)) * 1000
+
+
+# ------------------------------------------------------------------------------------ the store
+def _write_json(path: Path, data) -> None:
+    """Atomic: a temp file in the same directory, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=4, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_json(path: Path, default):
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def param_repr(value) -> str:
+    """A parameter value as asv stores it: the Python repr of int, float, str or None."""
+    return repr(value)
+
+
+class Series:
+    """Values of one exported benchmark: {tuple of param reprs: value}."""
+
+    def __init__(self, key: str, param_names: Iterable[str], unit: str, description: str):
+        self.key, self.param_names, self.unit, self.description = key, list(param_names), unit, description
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def add(self, params: Iterable, value: float) -> None:
+        self.values[tuple(param_repr(p) for p in params)] = float(value)
+
+    def param_lists(self) -> list[list[str]]:
+        return [sorted({c[i] for c in self.values}, key=_natural) for i in range(len(self.param_names))]
+
+    def benchmark_entry(self, params: list[list[str]]) -> dict:
+        return {"code": self.description, "name": self.key, "param_names": self.param_names, "params": params,
+                "timeout": 60, "type": "track", "unit": self.unit, "version": EXPORT_VERSION}
+
+
+def _natural(text: str):
+    """Sort numbers numerically and before strings."""
+    try:
+        return (0, float(text), "")
+    except ValueError:
+        return (1, 0.0, text)
+
+
+def _grid(row_params: list[list[str]], row_values: list) -> dict[tuple[str, ...], float | None]:
+    combos = itertools.product(*row_params) if row_params else [()]
+    return {c: v for c, v in zip(combos, row_values)}
+
+
+def _row(param_lists: list[list[str]], values: dict[tuple[str, ...], float | None], started_ms: int,
+         duration_s: float) -> list:
+    combos = itertools.product(*param_lists) if param_lists else [()]
+    result = [values.get(c) for c in combos]
+    return [result, param_lists, EXPORT_VERSION, started_ms, duration_s]
+
+
+def _union(a: list[list[str]], b: list[list[str]]) -> list[list[str]]:
+    return [sorted(set(x) | set(y), key=_natural) for x, y in zip(a, b)]
+
+
+def ensure_machine(results_dir: Path, machine: str, **keys: str) -> dict[str, str]:
+    """The machine's keys from `<results>/<machine>/machine.json`, written first if missing."""
+    path = results_dir / machine / "machine.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    info = {**machine_info(machine, **keys), "version": 1}
+    _write_json(path, info)
+    return info
+
+
+def write_series(series: list[Series], results_dir: Path, machine: str, commit: str, date_ms: int,
+                 source: str, machine_keys: dict[str, str] | None = None, python: str | None = None) -> Path:
+    """Merge `series` into the results file of (machine, commit, env) and register the benchmarks.
+
+    The environment is `export-<source>-py<X.Y>` (python: the one that measured, default this one)."""
+    results_dir = Path(results_dir)
+    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+        raise ValueError(f"commit must be a 40-hex hash, got {commit!r}")
+    info = ensure_machine(results_dir, machine, **(machine_keys or {}))
+    python = ".".join((python or platform.python_version()).split(".")[:2])
+    env_name = f"export-{source}-py{python}"
+    path = results_dir / machine / f"{commit[:8]}-{env_name}.json"
+    data = _read_json(path, None) or {
+        "commit_hash": commit, "env_name": env_name, "date": date_ms, "python": python,
+        "params": {**{k: v for k, v in info.items() if k != "version"}, "python": python},
+        "requirements": {}, "env_vars": {}, "results": {}, "durations": {}, "version": 2,
+        "result_columns": ["result", "params", "version", "started_at", "duration", "stats_ci_99_a",
+                           "stats_ci_99_b", "stats_q_25", "stats_q_75", "stats_number", "stats_repeat",
+                           "samples", "profile"],
+    }
+    now_ms = int(time.time() * 1000)
+    for s in series:
+        if not s.values:
+            continue
+        params = s.param_lists()
+        values: dict = {}
+        old = data["results"].get(s.key)
+        if old is not None:
+            params = _union(old[1], params)
+            values.update(_grid(old[1], old[0]))
+        values.update(s.values)
+        data["results"][s.key] = _row(params, values, now_ms, 0.0)
+    _write_json(path, data)
+    register(series, results_dir)
+    return path
+
+
+def register(series: list[Series], results_dir: Path) -> None:
+    """Record the exported benchmarks (params = union over all exports) in exported.json and benchmarks.json."""
+    registry_path = results_dir / REGISTRY
+    registry = _read_json(registry_path, {})
+    for s in series:
+        if not s.values:
+            continue
+        params = s.param_lists()
+        if s.key in registry and registry[s.key]["param_names"] == s.param_names:
+            params = _union(registry[s.key]["params"], params)
+        registry[s.key] = s.benchmark_entry(params)
+    # asv gives all methods of a class the class's parameters: one union per stub class
+    by_class: dict[str, list[str]] = {}
+    for key in registry:
+        by_class.setdefault(key.rsplit(".", 1)[0], []).append(key)
+    for keys in by_class.values():
+        params = registry[keys[0]]["params"]
+        for key in keys[1:]:
+            params = _union(params, registry[key]["params"])
+        for key in keys:
+            registry[key]["params"] = params
+    _write_json(registry_path, registry)
+    bench_path = results_dir / "benchmarks.json"
+    benchmarks = _read_json(bench_path, {"version": 2})
+    benchmarks.update(registry)
+    _write_json(bench_path, benchmarks)
+
+
+# ------------------------------------------------------------------------------------- exporters
+def _number(text) -> float | None:
+    if text is None or isinstance(text, bool):
+        return None
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _param_value(text: str):
+    """CSV cell -> int, float, None or str (the parameter value whose repr is stored)."""
+    text = (text or "").strip()
+    if text.lower() in ("", "none", "null", "dropless", "nan"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def unit_of(metric: str) -> str:
+    for pattern, unit in UNITS:
+        if re.search(pattern, metric.lower()):
+            return unit
+    return "value"
+
+
+def _run_rows(rows: list[dict]) -> list[dict]:
+    """The per-run rows: `row_type` == run (train/summarize.py), else rows no text cell calls mean/std.
+    A CSV of aggregates only gives its mean rows."""
+    if rows and "row_type" in rows[0]:
+        runs = [r for r in rows if r["row_type"].strip().lower() == "run"]
+        return runs or [r for r in rows if r["row_type"].strip().lower() == "mean"]
+    agg = {"mean", "std", "stddev", "sd"}
+    runs = [r for r in rows if not any(str(v).strip().lower() in agg for v in r.values())]
+    return runs or [r for r in rows if any(str(v).strip().lower() == "mean" for v in r.values())]
+
+
+def training_series(summary_csv: Path) -> list[Series]:
+    """One series per numeric metric column, params router x num_experts x top_k x capacity_factor.
+
+    Values are the mean over the runs (seeds) of each configuration. Configuration columns
+    (dim, layers, ...) other than the four parameters should not vary within a configuration:
+    a warning says so when they do (the runs are averaged all the same).
+    """
+    with open(summary_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{summary_csv} has no rows")
+    missing = [c for c in TRAINING_PARAMS if c not in rows[0]]
+    if missing:
+        raise ValueError(f"{summary_csv} lacks the column(s) {', '.join(missing)}")
+    runs = _run_rows(rows)
+    metrics = [c for c in rows[0] if c not in TRAINING_CONFIG_COLUMNS and not c.endswith("_std")
+               and any(_number(r.get(c)) is not None for r in runs)]
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(tuple(_param_value(r[c]) for c in TRAINING_PARAMS), []).append(r)
+    others = [c for c in ("dim", "layers", "heads", "expand", "seq_len", "batch_size", "max_steps") if c in rows[0]]
+    for params, members in groups.items():
+        varying = [c for c in others if len({m.get(c) for m in members}) > 1]
+        if varying:
+            print(f"asv_store: warning: runs of {dict(zip(TRAINING_PARAMS, params))} differ in "
+                  f"{', '.join(varying)}; the exported value averages them", file=sys.stderr)
+    series = []
+    for metric in metrics:
+        s = Series(f"exported.Training.track_{slug(metric).replace('-', '_')}", TRAINING_PARAMS, unit_of(metric),
+                   f"training summary column {metric!r}: mean over the runs (seeds) of a configuration")
+        for params, members in groups.items():
+            values = [v for v in (_number(r.get(metric)) for r in members) if v is not None]
+            if values:
+                s.add(params, statistics.fmean(values))
+        series.append(s)
+    return series
+
+
+def training_gpu(summary_csv: Path) -> str | None:
+    """The GPU the runs trained on, from the summary's `device_name` column (None: CPU or unknown)."""
+    with open(summary_csv, newline="") as f:
+        names = {(r.get("device_name") or "").strip() for r in csv.DictReader(f)} - {""}
+    cpu_names = {"cpu", platform.processor(), platform.machine(), _cpu_model()}
+    gpus = names - cpu_names
+    return next(iter(gpus)) if len(gpus) == 1 and not names & cpu_names else None
+
+
+def _case_label(rec: dict) -> str:
+    """The case of a CLI record in one parameter: T-H-E-k, then what differs from the defaults."""
+    label = f"T{rec.get('num_tokens', rec.get('tokens'))}-H{rec.get('hidden_dim', rec.get('hidden'))}" \
+            f"-E{rec.get('num_experts', rec.get('experts'))}-k{rec.get('top_k', rec.get('k'))}"
+    for key, default in (("dtype", None), ("workload", "uniform"), ("strategy", "softk"),
+                         ("capacity_factor", None), ("drop_policy", "position"), ("layout", "ragged")):
+        value = rec.get(key)
+        if value is not None and value != default:
+            label += f"-{key.replace('capacity_factor', 'cf').replace('_policy', '')}={value}" if key != "dtype" \
+                else f"-{value}"
+    return label
+
+
+def _record_us(rec: dict) -> float | None:
+    for key, scale in (("median_us", 1.0), ("avg_ms", 1e3), ("elapsed_ms", 1e3), ("total_ms", 1e3)):
+        value = _number(rec.get(key))
+        if value is not None:
+            return value * scale
+    return None
+
+
+def jsonl_series(records: list[dict]) -> list[Series]:
+    s = Series("exported.CliRecord.track_median_us", ("name", "backend", "case"), "us",
+               "moe-bench CLI record (--out JSONL): median_us (or the seed's avg_ms, which holds the median)")
+    for rec in records:
+        value = _record_us(rec)
+        if value is not None and rec.get("name"):
+            s.add((rec["name"], rec.get("backend") or rec.get("impl") or "torch", _case_label(rec)), value)
+    return [s]
+
+
+def pytest_series(report: dict) -> list[Series]:
+    median = Series("exported.PytestBenchmark.track_median_us", ("test",), "us",
+                    "pytest-benchmark stats.median of a benchmark test (tests/test_bench_fixtures.py)")
+    gbps = Series("exported.PytestBenchmark.track_gbps", ("test",), "GB/s",
+                  "pytest-benchmark extra_info GBps (strict bytes / median; higher is better)")
+    for b in report.get("benchmarks", []):
+        stats = b.get("stats") or {}
+        if _number(stats.get("median")) is not None:
+            median.add((b["name"],), stats["median"] * 1e6)
+        extra = b.get("extra_info") or {}
+        if _number(extra.get("GBps")) is not None:
+            gbps.add((b["name"],), extra["GBps"])
+    return [median, gbps]
+
+
+def _gpu_keys(device_name: str | None, **extra) -> dict[str, str]:
+    """Machine keys of a GPU that measured elsewhere; none (= this host's) for CPU records."""
+    if not device_name:
+        return {}
+    return {"gpu": device_name, **{k: str(v) for k, v in extra.items() if v}}
+
+
+def export_training_summary(summary_csv: Path, results_dir: Path = DEFAULT_RESULTS_DIR, machine: str | None = None,
+                            *, commit: str | None = None) -> Path:
+    """Export a training summary CSV (a row per run plus mean/std rows) into the store; returns the file.
+
+    Every numeric column that is not configuration becomes `exported.Training.track_<column>` over
+    router x num_experts x top_k x capacity_factor. The commit is HEAD unless given; the machine is
+    this machine (named after its GPU) unless given.
+    """
+    commit_hash, date_ms = resolve_commit(commit)
+    gpu = training_gpu(Path(summary_csv))
+    machine = machine or default_machine_name(gpu)
+    return write_series(training_series(Path(summary_csv)), Path(results_dir), machine, commit_hash, date_ms,
+                        "training", machine_keys=_gpu_keys(gpu))
+
+
+def export_jsonl(jsonl_path: Path, results_dir: Path = DEFAULT_RESULTS_DIR, machine: str | None = None,
+                 *, commit: str | None = None) -> list[Path]:
+    """Export CLI records; one results file per (machine, commit) found in the records.
+
+    The machine is named after the records' GPU (`device_name`) when they come from one; the commit
+    is the records' `git_commit` (without '+dirty') unless given.
+    """
+    records = [json.loads(line) for line in Path(jsonl_path).read_text().splitlines() if line.strip()]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for rec in records:
+        gpu = rec.get("device_name") if rec.get("device") == "cuda" else None
+        name = machine or default_machine_name(gpu)
+        ref = commit or (rec.get("git_commit") if rec.get("git_commit") not in (None, "unknown") else None)
+        groups.setdefault((name, ref or "HEAD", gpu or ""), []).append(rec)
+    paths = []
+    for (name, ref, gpu), recs in groups.items():
+        commit_hash, date_ms = resolve_commit(ref)
+        keys = _gpu_keys(gpu, torch_version=recs[0].get("torch"), triton_version=recs[0].get("triton"))
+        paths.append(write_series(jsonl_series(recs), Path(results_dir), name, commit_hash, date_ms, "cli",
+                                  machine_keys=keys, python=recs[0].get("python")))
+    return paths
+
+
+def export_pytest_benchmark(json_path: Path, results_dir: Path = DEFAULT_RESULTS_DIR, machine: str | None = None,
+                            *, commit: str | None = None) -> Path:
+    """Export a pytest-benchmark JSON report (`--benchmark-json`); machine from its extra_info device."""
+    report = json.loads(Path(json_path).read_text())
+    gpus = {(b.get("extra_info") or {}).get("device_name") for b in report.get("benchmarks", [])
+            if (b.get("extra_info") or {}).get("device") == "cuda"}
+    gpu = next(iter(gpus)) if len(gpus) == 1 else None
+    commit_hash, date_ms = resolve_commit(commit or (report.get("commit_info") or {}).get("id"))
+    machine = machine or default_machine_name(gpu)
+    keys = _gpu_keys(gpu)
+    python = (report.get("machine_info") or {}).get("python_version")
+    return write_series(pytest_series(report), Path(results_dir), machine, commit_hash, date_ms, "pytest",
+                        machine_keys=keys, python=python)
+
+
+def import_results(src: Path, results_dir: Path = DEFAULT_RESULTS_DIR, *, commit: str | None = None,
+                   date_ms: int | None = None) -> list[Path]:
+    """Merge asv results files from `src` (`<machine>/<file>.json` below it, e.g. $OUT/asv from
+    tools/gpu_asv.sh) into the store; `commit` relabels them (a run against a stand-in repository
+    on a machine without the history), the date then comes from this repository when it has the
+    commit, else from `date_ms`, else now. Rows of an existing file of the same commit and
+    environment are kept unless the import has the same benchmark."""
+    src, results_dir = Path(src), Path(results_dir)
+    written = []
+    for machine_json in sorted(src.glob("*/machine.json")):
+        machine = machine_json.parent.name
+        target = results_dir / machine / "machine.json"
+        if not target.exists():
+            _write_json(target, json.loads(machine_json.read_text()))
+        for f in sorted(machine_json.parent.glob("*.json")):
+            if f.name == "machine.json":
+                continue
+            data = json.loads(f.read_text())
+            if commit is not None:
+                try:
+                    data["commit_hash"], data["date"] = resolve_commit(commit)
+                except ValueError:
+                    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+                        raise ValueError(f"{commit!r} is not a commit of this repository nor a 40-hex hash") from None
+                    data["commit_hash"], data["date"] = commit, date_ms or int(time.time() * 1000)
+            path = results_dir / machine / f"{data['commit_hash'][:8]}-{data['env_name']}.json"
+            old = _read_json(path, None)
+            if old is not None:
+                old["results"].update(data["results"])
+                old["durations"].update(data.get("durations", {}))
+                data = {**data, "results": old["results"], "durations": old["durations"]}
+            _write_json(path, data)
+            written.append(path)
+    if not written:
+        raise ValueError(f"no asv results (<machine>/machine.json and result files) under {src}")
+    return written
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m moe_routing_bench.asv_store",
+                                 description="export measurements into the asv result store")
+    sub = ap.add_subparsers(dest="what", required=True)
+    for what, help_ in (("pytest-benchmark", "a pytest-benchmark --benchmark-json file"),
+                        ("jsonl", "CLI records (moe-bench ... --out FILE.jsonl)"),
+                        ("training", "a training summary CSV (train/summarize.py)")):
+        p = sub.add_parser(what, help=help_)
+        p.add_argument("file", type=Path)
+        p.add_argument("--machine", default=None, help="machine name in the store (default: from the GPU/CPU)")
+        p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR)
+        p.add_argument("--commit", default=None, help="commit the numbers belong to (default: recorded, else HEAD)")
+    p = sub.add_parser("machine", help="record this machine (gpu, cuda keys) in ~/.asv-machine.json; prints its name")
+    p.add_argument("--name", default=None)
+    p = sub.add_parser("import-results", help="merge asv results from DIR/<machine>/ (e.g. $OUT/asv of tools/gpu_asv.sh)")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR)
+    p.add_argument("--commit", default=None, help="relabel the results with this commit")
+    p.add_argument("--date-ms", type=int, default=None, help="commit date when this repository lacks the commit")
+    args = ap.parse_args(argv)
+    try:
+        if args.what == "machine":
+            print(register_machine(args.name)["machine"])
+            return 0
+        if args.what == "import-results":
+            for p in import_results(args.dir, args.results_dir, commit=args.commit, date_ms=args.date_ms):
+                print(f"wrote {p}")
+            return 0
+        if not args.file.exists():
+            raise ValueError(f"{args.file} does not exist")
+        if args.what == "training":
+            paths = [export_training_summary(args.file, args.results_dir, args.machine, commit=args.commit)]
+        elif args.what == "jsonl":
+            paths = export_jsonl(args.file, args.results_dir, args.machine, commit=args.commit)
+        else:
+            paths = [export_pytest_benchmark(args.file, args.results_dir, args.machine, commit=args.commit)]
+    except (ValueError, KeyError, json.JSONDecodeError) as e:
+        print(f"asv_store: error: {e}", file=sys.stderr)
+        return 2
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
