@@ -219,8 +219,13 @@ def test_dashboard_renders_offline_with_kernel_and_training_graphs(tmp_path):
     assert _graph_values(html, kernel), "no kernel benchmark values in the published graphs"
     assert 30.0 < max(_graph_values(html, "exported.Training.track_final_val_ppl")) <= 40.0
     with pub.served(html) as url:  # 127.0.0.1 only; Chromium resolves no other host
-        for page in (kernel, "exported.Training.track_final_val_ppl"):
-            dom = pub.dump_dom(f"{url}index.html#{page}", wait_ms=10000)
+        # name machine and parameters: the store holds several machines (CPU, H100) and grids, and
+        # asv's default view (first value of each parameter) may pick a combination with no data
+        views = ((kernel, f"machine={runs[-1].parent.name}"),
+                 ("exported.Training.track_final_val_ppl",
+                  "machine=cpu-fixture&p-num_experts=8&p-top_k=1&p-top_k=2&p-capacity_factor=1.25&p-capacity_factor=None"))
+        for page, query in views:
+            dom = pub.dump_dom(f"{url}index.html#{page}?{query}", wait_ms=10000)
             assert 'id="main-graph"' in dom and 'class="flot-base"' in dom, f"no graph drawn for {page}"
             ticks = _y_ticks(dom)
             assert len(ticks) >= 2 and max(ticks) - min(ticks) > 0.5, f"{page}: empty plot (ticks {ticks})"
