@@ -37,32 +37,43 @@ def bandwidth(num_bytes: float, seconds: float, copy_bytes_per_s: float | None =
     return out
 
 
-def load_stats(counts_E: torch.Tensor) -> dict[str, float]:
-    """Per-expert load before drops: load_cv = std/mean (population std), max/mean, empty experts."""
-    counts = counts_E.double()
+def load_stat_tensors(counts_E: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-expert load before drops, as 0-d tensors (no host sync: usable inside a compiled step):
+    load_cv = std/mean (population std), max/mean, empty experts; 0 where no expert has a token."""
+    counts = counts_E.float()
     mean = counts.mean()
     std = counts.std(correction=0)
+    safe_mean = mean.clamp(min=1e-30)
+    zero = torch.zeros_like(mean)
     return {
-        "load_mean": float(mean),
-        "load_std": float(std),
-        "load_cv": float(std / mean) if mean > 0 else 0.0,
-        "load_max_over_mean": float(counts.max() / mean) if mean > 0 else 0.0,
-        "empty_experts": int((counts == 0).sum()),
+        "load_mean": mean,
+        "load_std": std,
+        "load_cv": torch.where(mean > 0, std / safe_mean, zero),
+        "load_max_over_mean": torch.where(mean > 0, counts.max() / safe_mean, zero),
+        "empty_experts": (counts == 0).sum(),
     }
 
 
-def drop_rates(kept_TK: torch.Tensor, valid_TK: torch.Tensor | None = None) -> dict[str, float]:
+def drop_rate_tensors(kept_TK: torch.Tensor, valid_TK: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """avg_drop_rate = dropped assignments / assignments; token_drop_rate = tokens with every
-    assignment dropped / tokens (only tokens that had an assignment count)."""
+    assignment dropped / tokens that had an assignment. 0-d tensors, no host sync."""
     valid = torch.ones_like(kept_TK) if valid_TK is None else valid_TK
-    assignments = valid.sum()
-    dropped = (valid & ~kept_TK).sum()
     routed = valid.any(-1)
     lost = routed & ~(kept_TK & valid).any(-1)
     return {
-        "avg_drop_rate": float(dropped / assignments.clamp(min=1)),
-        "token_drop_rate": float(lost.sum() / routed.sum().clamp(min=1)),
+        "avg_drop_rate": (valid & ~kept_TK).sum().float() / valid.sum().float().clamp(min=1),
+        "token_drop_rate": lost.sum().float() / routed.sum().float().clamp(min=1),
     }
+
+
+def load_stats(counts_E: torch.Tensor) -> dict[str, float]:
+    """`load_stat_tensors` as Python numbers (for records)."""
+    return {k: int(v) if k == "empty_experts" else float(v) for k, v in load_stat_tensors(counts_E).items()}
+
+
+def drop_rates(kept_TK: torch.Tensor, valid_TK: torch.Tensor | None = None) -> dict[str, float]:
+    """`drop_rate_tensors` as Python numbers (for records)."""
+    return {k: float(v) for k, v in drop_rate_tensors(kept_TK, valid_TK).items()}
 
 
 def gate_entropy(probs_TE: torch.Tensor) -> torch.Tensor:

@@ -200,25 +200,18 @@ def bench(sink, shape, backend, copy, tag, stages=None, graph_stages=("topk", "p
     case = Case(**shape, device="cuda")
     out = []
     kw = dict(iters=iters, warmup=10, copy_bytes_per_s=copy)
-    try:
-        recs = bench_stages(case, backend, stages=tuple(stages or ("topk", "plan", "pack", "combine", "routing_path")), **kw)
-        for r in recs:
-            r.update(tuning=tag, graph=False)
-            sink.write(r)
-            out.append(r)
-    except Exception as exc:
-        log("bench failed", backend, shape, repr(exc))
-        sink.write({"bench_error": repr(exc), "backend": backend, **shape, "tuning": tag})
+    runs = [(tuple(stages or ("topk", "plan", "pack", "combine", "routing_path")), False)]
     if graph_stages:
+        runs.append((tuple(graph_stages), True))
+    for run_stages, graph in runs:
         try:
-            recs = bench_stages(case, backend, stages=tuple(graph_stages), cuda_graph=True, **kw)
-            for r in recs:
-                r.update(tuning=tag, graph=True)
+            for r in bench_stages(case, backend, stages=run_stages, cuda_graph=graph, **kw):
+                r.update(tuning=tag, graph=graph)
                 sink.write(r)
                 out.append(r)
         except Exception as exc:
-            log("graph bench failed", backend, shape, repr(exc))
-            sink.write({"bench_error": repr(exc), "backend": backend, **shape, "tuning": tag, "graph": True})
+            log("bench failed", backend, shape, "graph" if graph else "events", repr(exc))
+            sink.write({"bench_error": repr(exc), "backend": backend, **shape, "tuning": tag, "graph": graph})
     return out
 
 

@@ -231,25 +231,18 @@ class MoETransformer(nn.Module):
 def routing_stats(aux: MoEAux) -> tuple[torch.Tensor, torch.Tensor]:
     """One layer's statistics as a float32 vector (STAT_NAMES order) and its pre-drop counts [E].
 
-    Tensor-only versions of ``moe_routing_bench.metrics`` (drop_rates, load_stats, gate_entropy):
-    no host sync, so they can run inside the compiled step. Tests check they agree."""
+    The formulas are ``moe_routing_bench.metrics``' tensor versions: no host sync, so they run
+    inside the compiled step."""
     routing, plan = aux.routing, aux.plan
-    valid = torch.ones_like(plan.kept_TK) if routing.valid_TK is None else routing.valid_TK
-    kept = plan.kept_TK & valid
-    assignments = valid.sum().float()
-    drop_rate = (valid & ~kept).sum().float() / assignments.clamp(min=1)
-    routed = valid.any(-1)
-    lost = routed & ~kept.any(-1)
-    token_drop_rate = lost.sum().float() / routed.sum().float().clamp(min=1)
+    drops = metrics.drop_rate_tensors(plan.kept_TK, routing.valid_TK)
+    routed = torch.ones_like(plan.kept_TK[:, 0]) if routing.valid_TK is None else routing.valid_TK.any(-1)
     unrouted = 1.0 - routed.float().mean()
     counts = routers.expert_counts(routing)
-    c = counts.float()
-    mean = c.mean()
-    load_cv = torch.where(mean > 0, c.std(correction=0) / mean.clamp(min=1e-30), torch.zeros_like(mean))
-    max_over_mean = torch.where(mean > 0, c.max() / mean.clamp(min=1e-30), torch.zeros_like(mean))
+    load = metrics.load_stat_tensors(counts)
     entropy = metrics.gate_entropy(routing.probs_TE)
-    vec = torch.stack([aux.balance_loss.detach().float(), aux.z_loss.detach().float(), drop_rate,
-                       token_drop_rate, unrouted, load_cv, max_over_mean, entropy.detach()])
+    vec = torch.stack([aux.balance_loss.detach().float(), aux.z_loss.detach().float(), drops["avg_drop_rate"],
+                       drops["token_drop_rate"], unrouted, load["load_cv"], load["load_max_over_mean"],
+                       entropy.detach()])
     return vec, counts
 
 
