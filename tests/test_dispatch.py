@@ -70,3 +70,50 @@ def test_combine_gradients_reach_rows_and_gates():
     assert logits.grad.abs().sum() > 0
     dropped_rows = plan.token_index_R == plan.num_tokens
     assert torch.all(y.grad[dropped_rows] == 0)
+
+
+def _autograd_pack_combine(x, y, plan):
+    """pack and combine by plain differentiable torch ops (autograd writes the backward)."""
+    x0 = torch.cat([x, x.new_zeros(1, x.shape[1])])
+    packed = x0.index_select(0, plan.token_index_R)
+    T, K = plan.row_TK.shape
+    y_TKH = y.index_select(0, plan.row_TK.clamp(min=0).reshape(-1)).view(T, K, -1).float()
+    y_TKH = torch.where(plan.kept_TK.unsqueeze(-1), y_TKH, 0.0)
+    return packed, (y_TKH * plan.gate_TK.unsqueeze(-1)).sum(1).to(y.dtype)
+
+
+@pytest.mark.parametrize("cf, layout, policy", [(None, "ragged", "position"), (0.6, "ragged", "score"),
+                                                (0.7, "padded", "position"), (1.5, "padded", "score")])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_written_out_backwards_equal_autograds(cf, layout, policy, seed):
+    T, E, K, H = 37, 5, 3, 12
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(T, E, generator=gen, dtype=torch.float64, requires_grad=True)
+    plan = build_plan(route(logits, "softk", K), capacity_factor=cf, layout=layout, drop_policy=policy)
+    x = torch.randn(T, H, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(plan.num_rows, H, generator=gen, dtype=torch.float64, requires_grad=True)
+    g_R = torch.randn(plan.num_rows, H, generator=gen, dtype=torch.float64)
+    g_T = torch.randn(T, H, generator=gen, dtype=torch.float64)
+
+    def grads(packed, out):
+        return torch.autograd.grad((packed * g_R).sum() + (out * g_T).sum(), (x, y, logits), retain_graph=True)
+
+    ref = grads(*_autograd_pack_combine(x, y, plan))
+    ours = grads(pack(x, plan), combine(y, plan))
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # the written-out sums run in float32
+    assert ours[1].abs().sum() > 0 and ours[2].abs().sum() > 0
+
+
+def test_backwards_are_bit_identical_run_to_run_in_bf16():
+    routing, x = _case(T=200, E=4, K=2, H=64, dtype=torch.bfloat16)
+    plan = build_plan(routing, capacity_factor=0.5)  # many drops: autograd's scatter-add put them all on row 0
+    grads = []
+    for _ in range(3):
+        xr = x.clone().requires_grad_(True)
+        combine(pack(xr, plan) * 1.5, plan).float().square().sum().backward()
+        grads.append(xr.grad)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
+    # d/dx of sum((1.5 * x * s)^2) with s = the kept gate sum: 2 * 1.5^2 * s^2 * x (bf16 steps on the way)
+    s = plan.gate_TK.sum(-1, keepdim=True)
+    torch.testing.assert_close(grads[0].float(), 4.5 * s**2 * x.float(), rtol=3e-2, atol=1e-2)

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from moe_routing_bench import dispatch, routers, timing  # noqa: E402
 from moe_routing_bench import plan as plan_mod  # noqa: E402
 from moe_routing_bench.backends import get_backend  # noqa: E402
-from moe_routing_bench.bench import Case, bench_stages, make_inputs  # noqa: E402
+from moe_routing_bench.bench import Case, bench_stages, make_inputs, stage_callables  # noqa: E402
 
 MAIN = dict(num_tokens=16384, hidden_dim=4096, num_experts=128, top_k=2)
 SHAPES = [
@@ -281,6 +281,27 @@ def cpu_overhead(sink, dev):
     log("cProfile of 200 x (route + build_plan), triton:\n" + buf.getvalue()[-5000:])
 
 
+def path_kernel_profile(sink, dev, iters=20):
+    """Per-kernel device time of the triton routing path at the main shape (torch.profiler, no flush)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    c = Case(**SHAPES[0], device=dev).validated()
+    fn = stage_callables(get_backend("triton"), c, make_inputs(c))["routing_path"]
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    rows = [(e.key, e.count / iters, e.self_device_time_total / iters) for e in prof.key_averages()
+            if e.device_type == torch.autograd.DeviceType.CUDA]
+    for name, per_call, us in sorted(rows, key=lambda r: -r[2]):
+        sink.write({"name": "path_kernel_profile", "kernel": name, "launches_per_path": per_call, "us_per_path": us})
+        log(f"path kernel {us:8.1f} us x{per_call:.1f}  {name[:90]}")
+    log(f"path kernels total {sum(r[2] for r in rows):.1f} us in {sum(r[1] for r in rows):.0f} launches")
+
+
 def fmt_row(recs, backend, tag, label):
     d = {(r["name"], r["graph"]): r for r in recs if r["backend"] == backend and r.get("tuning") == tag}
     cells = []
@@ -368,6 +389,7 @@ def main():
     sink.write({"name": "autotune_choices", "choices": chosen})
     log("autotune choices", json.dumps(chosen, indent=0))
     cpu_overhead(sink, dev)
+    path_kernel_profile(sink, dev)
 
     for shape in shapes:
         allrecs += bench(sink, shape, "torch", copy, "-")

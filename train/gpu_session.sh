@@ -2,6 +2,8 @@
 # GPU measurements of the training harness, as run on the lent H100 machines (results/train/).
 #   bash train/gpu_session.sh validate   # 1 GPU: throughput benchmark (a), train+kill+resume smoke of every router
 #   bash train/gpu_session.sh sweep      # 2 GPUs: 1-vs-2-GPU scaling (c), routing sweep (b), exclusive benches
+#   bash train/gpu_session.sh graphs     # 1 GPU: every router, compiled default vs CUDA graphs (reduce-overhead),
+#                                        # timed alone; a CUDA-graph training run with eval, checkpoint, resume
 # Needs data/tinystories_val.txt (copy of the TinyStories validation split) and writes under $OUT.
 set -u
 MODE=${1:-validate}
@@ -132,4 +134,28 @@ if [ "$MODE" = bench ]; then
   for f in $W/whatif_*.json; do $PY -c "import json; print(json.dumps(json.load(open('$f'))))" >> $OUT/bench_whatif.jsonl; done
   tar czf $OUT/bench_exclusive_logs.tar.gz -C $W $(cd $W; ls *.log)
   stamp "bench mode done"
+fi
+
+if [ "$MODE" = graphs ]; then
+  # every router at cf 1.25, compile mode default and reduce-overhead (CUDA graphs): all compile side by
+  # side, then each takes the lock in turn and is timed alone
+  G=12
+  for r in top1 topk-hard softk hash expert-choice aux-free; do for mode in default reduce-overhead; do
+    timeout 300 $PY train/train.py --bench --compile --compile-mode $mode $M --batch-size 64 --router $r \
+      --capacity-factor 1.25 --bench-warmup 30 --bench-steps 50 --bench-repeats 5 --bench-sync-dir $W/g \
+      --bench-group $G --bench-out $W/g_${r}_$mode.json > $W/g_${r}_$mode.log 2>&1 &
+  done; done
+  wait
+  stamp "benches done"
+  grep -h "\[bench\]" $W/g_*.log
+  grep -l -E "Traceback|Error" $W/g_*.log && grep -h -B2 -A3 -E "Error" $W/g_*.log | tail -n 20
+  for f in $W/g_*.json; do $PY -c "import json; print(json.dumps(json.load(open('$f'))))" >> $OUT/bench_graphs.jsonl; done
+  # the training loop (eval, logging, checkpoints) under CUDA graphs: killed after step 40, resumed to 80
+  R="--compile --compile-mode reduce-overhead $M --batch-size 64 --router aux-free --capacity-factor 1.25 \
+     --max-steps 80 --eval-interval 20 --eval-batches 10 --outdir $W/graphs_run"
+  timeout 200 $PY train/train.py $R --simulate-kill-after 40 > $W/graphs_run.log 2>&1; echo "killed rc=$?" >> $W/graphs_run.log
+  timeout 200 $PY train/train.py $R >> $W/graphs_run.log 2>&1; echo "resumed rc=$?" >> $W/graphs_run.log
+  tail -n 6 $W/graphs_run.log
+  tar czf $OUT/graphs_logs.tar.gz -C $W --exclude='*.pt' $(cd $W; ls g_*.log) graphs_run.log graphs_run
+  stamp "graphs mode done"
 fi

@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", default="bf16", help="fp32 | bf16 | fp16 autocast on CUDA; CPU runs fp32")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="torch.compile the training step's forward (and its backward)")
-    g.add_argument("--compile-mode", default=None, help="torch.compile mode (default, max-autotune, ...)")
+    g.add_argument("--compile-mode", default=None, help="torch.compile mode (default, reduce-overhead = CUDA graphs, max-autotune, ...)")
     g.add_argument("--compile-eval", action="store_true", help="also compile the evaluation forward (default eager)")
     g.add_argument("--seed", type=int, default=42)
 
@@ -360,6 +360,8 @@ class Run:
             group["lr"] = lr
         x, y = get_batch(self.train_T, args.batch_size, args.seq_len, self.generator, ctx.device,
                          rank=ctx.rank, world_size=ctx.world_size)
+        if args.compile:  # CUDA-graph modes: the previous step's outputs are consumed, memory reusable
+            torch.compiler.cudagraph_mark_step_begin()
         with _autocast(ctx.device, self.amp_dtype):
             loss, ce, stats, counts = self.train_forward(x, y)
         if self.scaler is not None:
