@@ -33,8 +33,9 @@ if [ -z "$COMMIT" ]; then
     exit 2
 fi
 echo "gpu_asv.sh: machine $MACHINE, commit $COMMIT, benchmarks /$BENCH/ (the working tree, measured as $COMMIT)"
-# spawn: a fresh interpreter per benchmark process, CUDA initialised only there
-RUN=(-m asv run -E "existing:$PY" --machine "$MACHINE" --launch-method spawn -b "$BENCH" --show-stderr)
+# spawn: a fresh interpreter per benchmark process, CUDA initialised only there; one process per
+# benchmark (track_* take 100 timed repetitions themselves; asv's default of 2 doubles a ~10 min run)
+RUN=(-m asv run -E "existing:$PY" --machine "$MACHINE" --launch-method spawn -b "$BENCH" --show-stderr -a processes=1)
 if git cat-file -e "$COMMIT^{commit}" 2>/dev/null; then
     RESULTS=results/asv
     "$PY" "${RUN[@]}" --set-commit-hash "$COMMIT"

@@ -686,6 +686,7 @@ def bench(args) -> dict:
         tps = rates[len(rates) // 2]
         rec = {
             "bench": True, "router": run.cfg.router, "backend": args.backend, "compile": bool(args.compile),
+            "compile_mode": args.compile_mode if args.compile else None,
             "num_experts": args.num_experts, "top_k": run.cfg.top_k, "capacity_factor": args.capacity_factor,
             "dim": args.dim, "layers": args.layers, "heads": args.heads, "seq_len": args.seq_len,
             "batch_size_per_rank": args.batch_size, "world_size": ctx.world_size,
