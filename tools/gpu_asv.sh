@@ -7,7 +7,8 @@
 #
 # Environment: COMMIT (default HEAD; required where the copy has no git history), PYTHON (default
 # python3), BENCH (asv -b regex; default the GPU methods of the suites, '^bench_.*\.track_'),
-# MACHINE (default: named after the GPU, e.g. nvidia-h100-80gb-hbm3), OUT (copy results there).
+# MACHINE (default: named after the GPU, e.g. nvidia-h100-80gb-hbm3), OUT (merge results into $OUT/asv;
+# run it once per BENCH subset where one run would not fit a time limit).
 # Keep one stable interpreter path per machine: asv names the environment after it, and a new name
 # starts a new history line on the dashboard. Back home: python -m moe_routing_bench.asv_store
 # import-results <OUT>/asv --commit <hash>  (merges into results/asv; then commit).
@@ -63,8 +64,8 @@ conf.update(repo=str(stand), benchmark_dir=str(Path("benchmarks").resolve()), re
 fi
 
 if [ -n "${OUT:-}" ]; then
-    mkdir -p "$OUT/asv/$MACHINE"
-    cp "$RESULTS/$MACHINE/machine.json" "$RESULTS/$MACHINE/${COMMIT:0:8}-existing-"*.json "$OUT/asv/$MACHINE/"
-    echo "gpu_asv.sh: copied to $OUT/asv/$MACHINE/; where it comes back:"
+    # merged, not copied: several runs (one per BENCH subset, each within a time limit) add up there
+    "$PY" -m moe_routing_bench.asv_store import-results "$RESULTS" --results-dir "$OUT/asv" >/dev/null
+    echo "gpu_asv.sh: merged into $OUT/asv/$MACHINE/; where it comes back:"
     echo "    python -m moe_routing_bench.asv_store import-results <that folder>/asv --commit $COMMIT"
 fi
