@@ -64,8 +64,12 @@ conf.update(repo=str(stand), benchmark_dir=str(Path("benchmarks").resolve()), re
 fi
 
 if [ -n "${OUT:-}" ]; then
-    # merged, not copied: several runs (one per BENCH subset, each within a time limit) add up there
-    "$PY" -m moe_routing_bench.asv_store import-results "$RESULTS" --results-dir "$OUT/asv" >/dev/null
+    # this run's files only (results/asv holds the whole store); merged, not copied: several runs
+    # (one per BENCH subset, each within a time limit) add up there
+    NEW="$(mktemp -d)"
+    mkdir -p "$NEW/$MACHINE"
+    cp "$RESULTS/$MACHINE/machine.json" "$RESULTS/$MACHINE/${COMMIT:0:8}"-existing-*.json "$NEW/$MACHINE/"
+    "$PY" -m moe_routing_bench.asv_store import-results "$NEW" --results-dir "$OUT/asv" >/dev/null
     echo "gpu_asv.sh: merged into $OUT/asv/$MACHINE/; where it comes back:"
     echo "    python -m moe_routing_bench.asv_store import-results <that folder>/asv --commit $COMMIT"
 fi
