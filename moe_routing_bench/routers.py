@@ -203,10 +203,13 @@ def jitter(x: torch.Tensor, eps: float, generator: torch.Generator | None = None
 
 
 def update_aux_free_bias(bias_E: torch.Tensor, counts_E: torch.Tensor, gamma: float) -> torch.Tensor:
-    """DeepSeek-V3 bias step, outside autograd: b_i += gamma * sign(mean load - load_i)."""
+    """DeepSeek-V3 bias step, outside autograd: b_i += gamma * sign(mean load - load_i).
+
+    Leading dimensions batch independent routers: bias_LE and counts_LE ([layers, E]) update every
+    layer in one pass (the mean is over the last dimension)."""
     with torch.no_grad():
         load = counts_E.float()
-        return bias_E + gamma * torch.sign(load.mean() - load)
+        return bias_E + gamma * torch.sign(load.mean(-1, keepdim=True) - load)
 
 
 __all__ = [

@@ -82,6 +82,17 @@ def test_aux_free_selects_on_biased_sigmoid_and_weights_unbiased_scores():
     torch.testing.assert_close(bias, torch.tensor([-0.1, 0.1, 0.1]))
 
 
+def test_aux_free_bias_batched_over_layers_equals_per_layer():
+    gen = torch.Generator().manual_seed(3)
+    bias_LE = torch.randn(4, 7, generator=gen)
+    counts_LE = torch.randint(0, 50, (4, 7), generator=gen)
+    counts_LE[2] = 9  # a balanced layer: its bias does not move
+    batched = routers.update_aux_free_bias(bias_LE, counts_LE, 0.01)
+    per_layer = torch.stack([routers.update_aux_free_bias(b, c, 0.01) for b, c in zip(bias_LE, counts_LE)])
+    torch.testing.assert_close(batched, per_layer, rtol=0, atol=0)
+    torch.testing.assert_close(batched[2], bias_LE[2], rtol=0, atol=0)
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.integers(1, 40), st.integers(1, 70), st.data())
 def test_topk_lowest_id_matches_stable_sort(T, E, data):

@@ -385,9 +385,12 @@ class Run:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.cfg.router == "aux-free" and self.moe_layers:
-            counts = _all_reduce(counts.clone(), ctx)
-            for layer, c in zip(self.moe_layers, counts):
-                layer.update_bias(c, args.aux_free_gamma)
+            # every layer in one batched step: a few launches per optimizer step, not a few per layer
+            # (the step is launch-bound at this model size)
+            counts_LE = _all_reduce(counts.clone(), ctx) if ctx.world_size > 1 else counts
+            biases = [layer.bias_E for layer in self.moe_layers]
+            new_LE = routers.update_aux_free_bias(torch.stack(biases), counts_LE, args.aux_free_gamma)
+            torch._foreach_copy_(biases, new_LE.unbind(0))
         self.step += 1
         return ce, stats, grad_norm.detach().float(), lr
 
