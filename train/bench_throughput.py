@@ -1,8 +1,8 @@
 """Training throughput (tokens/s) of one or more router configurations, each timed on its own.
 
     python train/bench_throughput.py --router-list softk,top1,aux-free --capacity-factors 1.25 \
-        --compile --device cuda --dim 256 --layers 4 --heads 4 --seq-len 256 --batch-size 64 \
-        --num-experts 8 --top-k 2 --out results/train/bench.jsonl
+        --compile --compile-mode reduce-overhead --device cuda --dim 256 --layers 4 --heads 4 \
+        --seq-len 256 --batch-size 64 --num-experts 8 --top-k 2 --out results/train/bench.jsonl
     torchrun --standalone --nproc_per_node=2 train/bench_throughput.py --distributed ...   # DDP
 
 Each configuration runs ``train.py --bench``: the real training step (data, forward, backward, clip,
