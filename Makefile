@@ -13,8 +13,8 @@ test:
 bench-tests: setup
 	$(VPY) -m pytest -q --benchmark-only
 asv: setup  # CPU history of the last two commits (virtualenv mode, torch pinned)
-	.venv/bin/asv run --machine $$($(VPY) -m moe_routing_bench.asv_store machine) -b '^bench_' HEAD~2..HEAD
+	.venv/bin/asv run --machine $$($(VPY) -m moe_routing_bench.suite.store machine) -b '^bench_' HEAD~2..HEAD
 publish: setup
 	$(VPY) -m moe_routing_bench.cli publish
 gate: setup  # exit 1 when the working tree is slower than $(BASE)
-	$(VPY) -m moe_routing_bench.regression --base $(BASE)
+	$(VPY) -m moe_routing_bench.suite.gate --base $(BASE)

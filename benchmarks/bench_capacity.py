@@ -24,8 +24,9 @@ class Capacity(StageBenchmark):
     track_routing_path_us.unit = "us"
 
     def track_avg_drop_rate(self, backend, *params):
-        from moe_routing_bench import bench, metrics
-        from moe_routing_bench.backends import get_backend
+        from moe_routing_bench.harness import cases as bench
+        from moe_routing_bench.routing import metrics
+        from moe_routing_bench.routing.backends import get_backend
 
         inputs = bench.make_inputs(self.case)
         b = get_backend("torch")

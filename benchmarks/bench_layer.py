@@ -19,8 +19,8 @@ class MoELayer:
     def setup(self, backend, shape):
         import torch
 
-        from moe_routing_bench import bench
-        from moe_routing_bench.layer import MoELayer
+        from moe_routing_bench.harness import cases as bench
+        from moe_routing_bench.routing.layer import MoELayer
 
         tokens, hidden, experts, top_k, device = LAYER_SHAPES[shape]
         prepare(device, backend)

@@ -84,7 +84,7 @@ def prepare(device: str, backend: str):
         raise NotImplementedError("GPU shape on a machine without a GPU")
     import torch
 
-    from moe_routing_bench import backends
+    from moe_routing_bench.routing import backends
 
     if device == "cuda" and not torch.cuda.is_available():
         raise NotImplementedError("GPU shape, but torch sees no CUDA device")
@@ -100,7 +100,7 @@ def prepare(device: str, backend: str):
 def stable_cpu_allocator() -> None:
     """Fixed glibc mmap/trim thresholds: otherwise ~1 process in 10 pays page faults on every
     large tensor for its whole life (5x slower CPU combine). A copy of
-    moe_routing_bench.regression.stable_cpu_allocator: old commits do not have that module."""
+    moe_routing_bench.suite.gate.stable_cpu_allocator: old commits do not have that module."""
     import ctypes
     import ctypes.util
 
@@ -113,7 +113,7 @@ def stable_cpu_allocator() -> None:
 
 def stage_setup(stage: str, backend: str, shape: str, workload: str = "uniform", **case_options):
     """(case, zero-argument callable) for one stage of the routing path, inputs built already."""
-    from moe_routing_bench import bench
+    from moe_routing_bench.harness import cases as bench
 
     tokens, hidden, experts, top_k, device = SHAPES[shape]
     impl = prepare(device, backend)
@@ -125,7 +125,7 @@ def stage_setup(stage: str, backend: str, shape: str, workload: str = "uniform",
 
 def gpu_median_us(fn, device: str = "cuda") -> float:
     """The CLI's measurement: CUDA events, 10 warm-up calls, 100 repetitions, L2 flushed."""
-    from moe_routing_bench.timing import measure
+    from moe_routing_bench.harness.timing import measure
 
     return measure(fn, device, warmup=10, iters=100, flush_l2=True).median_s * 1e6
 

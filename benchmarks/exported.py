@@ -1,4 +1,4 @@
-"""Stubs for the numbers exported into the store by `moe_routing_bench.asv_store`.
+"""Stubs for the numbers exported into the store by `moe_routing_bench.suite.store`.
 
 Training metrics (`Training.track_<column>`), pytest-benchmark medians (`PytestBenchmark`) and CLI
 records (`CliRecord`) are measured elsewhere and written into results/asv as `track_*` results.
@@ -30,7 +30,7 @@ def _registry() -> dict:
 
 def _stub(unit: str, doc: str):
     def track(self, *params):
-        raise NotImplementedError("exported by moe_routing_bench.asv_store, not measured by asv")
+        raise NotImplementedError("exported by moe_routing_bench.suite.store, not measured by asv")
 
     track.unit = unit
     track.__doc__ = doc

@@ -1,6 +1,32 @@
 """moe-routing-bench: Mixture-of-Experts routing primitives, benchmarks and a training harness.
 
-Modules, in dependency order: errors, routers, plan, dispatch, metrics, workloads, timing, store,
-backends (torch | compile | triton), layer, bench (cases shared by CLI, asv and pytest-benchmark), cli.
+Three layers, imports pointing one way (checked by tests/test_architecture.py):
+- `routing`: routers, plan, dispatch, metrics, layer, backends (torch | compile | triton kernels);
+- `harness`: workloads, timing, cases, records, roofline, the `moe-bench` commands;
+- `suite`: the result store and exporters, dashboard publishing, the regression gate.
+
+This module is the public API; `benchmarks/` and `train/` use nothing else. Importing it loads
+torch, never triton or matplotlib.
 """
+from .harness.cases import STAGES, Case, bench_stages, make_inputs, stage_callables
+from .harness.records import append_jsonl, environment, read_jsonl, write_atomic
+from .harness.timing import Timing, copy_bandwidth, matmul_flops, measure
+from .routing import metrics
+from .routing.backends import BACKENDS, Backend, available_backends, backend_unavailable_reason, get_backend
+from .routing.dispatch import combine, pack
+from .routing.layer import MoEAux, MoELayer
+from .routing.plan import Plan, build_plan
+from .routing.routers import (STRATEGIES, Routing, balance_loss, canonical_strategy, capacity, route,
+                              update_aux_free_bias, z_loss)
+from .routing.validation import ConfigError, parse_dtype
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS", "STAGES", "STRATEGIES", "Backend", "Case", "ConfigError", "MoEAux", "MoELayer", "Plan",
+    "Routing", "Timing", "append_jsonl", "available_backends", "backend_unavailable_reason", "balance_loss",
+    "bench_stages", "build_plan", "canonical_strategy", "capacity", "combine", "copy_bandwidth",
+    "environment", "get_backend", "make_inputs", "matmul_flops", "measure", "metrics", "pack",
+    "parse_dtype", "read_jsonl", "route", "stage_callables", "update_aux_free_bias", "write_atomic",
+    "z_loss",
+]

@@ -29,9 +29,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moe_routing_bench import bench, store
-from moe_routing_bench.backends import backend_unavailable_reason, get_backend
-from moe_routing_bench.regression import stable_cpu_allocator
+from moe_routing_bench.harness import cases as bench
+from moe_routing_bench.harness import records as store
+from moe_routing_bench.routing.backends import backend_unavailable_reason, get_backend
+from moe_routing_bench.suite.gate import stable_cpu_allocator
 
 CPU_CASE = dict(num_tokens=1024, hidden_dim=256, num_experts=16, top_k=2)
 GPU_CASE = dict(num_tokens=16384, hidden_dim=4096, num_experts=128, top_k=2)  # DESIGN section 7

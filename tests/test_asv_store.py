@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from moe_routing_bench import asv_store
+from moe_routing_bench.suite import store as asv_store
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAD = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
@@ -187,7 +187,7 @@ def _y_ticks(dom: str) -> list[float]:
 
 @pytest.mark.slow
 def test_dashboard_renders_offline_with_kernel_and_training_graphs(tmp_path):
-    from moe_routing_bench import publish as pub
+    from moe_routing_bench.suite import dashboard as pub
 
     _require("asv", importlib.util.find_spec("asv") is not None)
     try:

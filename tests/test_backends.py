@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from moe_routing_bench.backends import BACKENDS, available_backends, get_backend
-from moe_routing_bench.errors import ConfigError
+from moe_routing_bench.routing.backends import BACKENDS, available_backends, get_backend
+from moe_routing_bench.routing.validation import ConfigError
 
 OTHER_BACKENDS = [b for b in BACKENDS if b != "torch"]
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=1.6e-2, atol=1e-2)}

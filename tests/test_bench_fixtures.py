@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchfix import runnable_backends, stage_benchmark  # noqa: F401  (fixture)
-from moe_routing_bench.bench import STAGES
+from moe_routing_bench.harness.cases import STAGES
 
 
 @pytest.mark.parametrize("backend", runnable_backends())

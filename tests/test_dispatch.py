@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from moe_routing_bench.dispatch import combine, pack
-from moe_routing_bench.plan import build_plan
-from moe_routing_bench.routers import route
+from moe_routing_bench.routing.dispatch import combine, pack
+from moe_routing_bench.routing.plan import build_plan
+from moe_routing_bench.routing.routers import route
 
 
 def _case(T=50, E=6, K=2, H=24, dtype=torch.float32, seed=0):

@@ -14,14 +14,15 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from moe_routing_bench import dispatch, routers  # noqa: E402
-from moe_routing_bench import plan as plan_mod  # noqa: E402
-from moe_routing_bench.backends import get_backend  # noqa: E402
-from moe_routing_bench.errors import ConfigError  # noqa: E402
-from moe_routing_bench.kernels import _common, triton_backend  # noqa: E402
-from moe_routing_bench.kernels import triton_backend as tb_fn  # noqa: E402
-from moe_routing_bench.kernels.topk import MODES, route_topk  # noqa: E402
-from moe_routing_bench.kernels.triton_backend import build_plan, combine, pack, route  # noqa: E402
+from moe_routing_bench.routing import dispatch
+from moe_routing_bench.routing import routers  # noqa: E402
+from moe_routing_bench.routing import plan as plan_mod  # noqa: E402
+from moe_routing_bench.routing.backends import get_backend  # noqa: E402
+from moe_routing_bench.routing.validation import ConfigError  # noqa: E402
+from moe_routing_bench.routing.backends._triton import launch as _common
+from moe_routing_bench.routing.backends.triton_ops import triton_backend  # noqa: E402
+from moe_routing_bench.routing.backends._triton.topk_kernels import MODES, route_topk  # noqa: E402
+from moe_routing_bench.routing.backends.triton_ops import build_plan, combine, pack, route  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 PLAN_INT_FIELDS = ("counts_E", "kept_counts_E", "offsets_E1", "slot_TK", "kept_TK", "row_TK", "token_index_R")
@@ -77,7 +78,7 @@ def assert_bf16_close(a, b):
 def test_registry_returns_the_triton_backend():
     b = get_backend("triton")
     assert b.name == "triton" and b.route is route and b.pack is pack and b.combine is combine
-    assert callable(tb_fn) and triton_backend().name == "triton"
+    assert triton_backend().name == "triton"
 
 
 # ----------------------------------------------------------------------------- router
@@ -347,8 +348,8 @@ def test_combine_backward_pieces_equal_the_reference():
 # ----------------------------------------------------------------------------- benchmark plumbing
 
 def test_bench_stages_and_roofline_run_with_the_triton_backend(tmp_path):
-    from moe_routing_bench.bench import Case, bench_stages
-    from moe_routing_bench.kernels.roofline import plot_roofline, run_roofline
+    from moe_routing_bench.harness.cases import Case, bench_stages
+    from moe_routing_bench.harness.roofline import plot_roofline, run_roofline
 
     case = Case(96, 64, 12, 2, device=DEV, capacity_factor=1.0, layout="padded")
     recs = bench_stages(case, "triton", warmup=0, iters=1)
@@ -365,7 +366,7 @@ def test_bench_stages_and_roofline_run_with_the_triton_backend(tmp_path):
 @pytest.mark.parametrize("cf,layout,valid", [(None, "ragged", False), (0.7, "padded", False), (1.0, "ragged", True)])
 def test_plan_launch_configs_all_compute_the_reference(cfg, cf, layout, valid):
     """Every config the GPU plan tuner may pick (block size, chunk, warps, separate block scan)."""
-    from moe_routing_bench.kernels import plan as kplan
+    from moe_routing_bench.routing.backends._triton import plan_kernels as kplan
 
     if valid:
         r = routers.route(randn(300, 10, seed=13), "expert-choice", 2, capacity_factor=1.3)

@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from moe_routing_bench.layer import MoELayer, grouped_mm
-from moe_routing_bench.routers import STRATEGIES
+from moe_routing_bench.routing.layer import MoELayer, grouped_mm
+from moe_routing_bench.routing.routers import STRATEGIES
 
 
 def _naive(layer: MoELayer, x, aux):
@@ -55,7 +55,7 @@ def test_padded_batched_matmul_path_equals_ragged_grouped_path():
     x = torch.randn(30, 16)
     out_ragged, aux = layer(x)
     assert aux.plan.layout == "ragged"
-    from moe_routing_bench import layer as layer_mod
+    from moe_routing_bench.routing import layer as layer_mod
 
     original = layer_mod._grouped_mm_supported
     layer_mod._grouped_mm_supported = lambda *a: False  # as on a torch without grouped GEMM

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from moe_routing_bench import metrics
+from moe_routing_bench.routing import metrics
 
 
 def test_strict_bytes():

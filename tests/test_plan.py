@@ -3,9 +3,9 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from moe_routing_bench.errors import ConfigError
-from moe_routing_bench.plan import build_plan
-from moe_routing_bench.routers import Routing, capacity as capacity_of
+from moe_routing_bench.routing.validation import ConfigError
+from moe_routing_bench.routing.plan import build_plan
+from moe_routing_bench.routing.routers import Routing, capacity as capacity_of
 
 
 @st.composite

@@ -1,4 +1,4 @@
-"""Offline-dashboard vendoring (moe_routing_bench/publish.py): no network, no browser, no asv."""
+"""Offline-dashboard vendoring (moe_routing_bench/suite/dashboard.py): no network, no browser, no asv."""
 from __future__ import annotations
 
 import importlib.util
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from moe_routing_bench import publish as pub
+from moe_routing_bench.suite import dashboard as pub
 
 # The <head> of asv 0.6.6's www/index.html, verbatim for the CDN lines.
 ASV_066_HEAD = """<!doctype html>
@@ -275,4 +275,4 @@ def test_publish_module_is_stdlib_only():
             "print(bad)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-    assert importlib.util.find_spec("moe_routing_bench.publish") is not None
+    assert importlib.util.find_spec("moe_routing_bench.suite.dashboard") is not None

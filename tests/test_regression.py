@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from moe_routing_bench import regression as reg
+from moe_routing_bench.suite import gate as reg
 
 ROOT = Path(__file__).resolve().parents[1]
 SLOWDOWN = '''
@@ -69,7 +69,7 @@ def scratch_repo(tmp_path):
 
 
 def _gate(repo: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "moe_routing_bench.regression", "--repo", str(repo), "--device", "cpu",
+    cmd = [sys.executable, "-m", "moe_routing_bench.suite.gate", "--repo", str(repo), "--device", "cpu",
            "--stages", "pack", "--rounds", "3", "--warmup", "3", "--iters", "20", *extra]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
 

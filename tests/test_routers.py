@@ -5,9 +5,9 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from moe_routing_bench import routers
-from moe_routing_bench.errors import ConfigError, check_logits
-from moe_routing_bench.routers import STRATEGIES, balance_loss, capacity, route, topk_lowest_id, z_loss
+from moe_routing_bench.routing import routers
+from moe_routing_bench.routing.validation import ConfigError, check_logits
+from moe_routing_bench.routing.routers import STRATEGIES, balance_loss, capacity, route, topk_lowest_id, z_loss
 
 LOGITS = torch.tensor([[1.0, 2.0, 0.0, -1.0], [3.0, 3.0, 1.0, 3.0], [0.0, 0.0, 0.0, 0.5]])
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from moe_routing_bench import metrics
-from moe_routing_bench.layer import MoELayer
+from moe_routing_bench.routing import metrics
+from moe_routing_bench.routing.layer import MoELayer
 from train.model import STAT_NAMES, LossAndStats, ModelConfig, MoETransformer, routing_stats
 
 

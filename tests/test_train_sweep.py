@@ -95,7 +95,7 @@ def test_summarize_cli_and_export_unavailable(tmp_path, monkeypatch, capsys):
         ["--device", "cpu", "--num-stories", "100", "--seq-len", "16", "--batch-size", "2", "--layers", "1",
          "--dim", "16", "--heads", "2", "--num-experts", "4", "--max-steps", "2", "--eval-interval", "2",
          "--eval-batches", "1", "--outdir", str(run), "--quiet"]))[0])
-    monkeypatch.setitem(sys.modules, "moe_routing_bench.asv_store", None)
+    monkeypatch.setitem(sys.modules, "moe_routing_bench.suite.store", None)
     out = tmp_path / "new" / "dir" / "s.csv"  # --out into a folder that does not exist yet
     assert summarize.main(["--runs", str(tmp_path / "runs" / "*"), "--out", str(out), "--export-asv"]) == 0
     assert "unavailable" in capsys.readouterr().err

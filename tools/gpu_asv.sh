@@ -10,7 +10,7 @@
 # MACHINE (default: named after the GPU, e.g. nvidia-h100-80gb-hbm3), OUT (merge results into $OUT/asv;
 # run it once per BENCH subset where one run would not fit a time limit).
 # Keep one stable interpreter path per machine: asv names the environment after it, and a new name
-# starts a new history line on the dashboard. Back home: python -m moe_routing_bench.asv_store
+# starts a new history line on the dashboard. Back home: python -m moe_routing_bench.suite.store
 # import-results <OUT>/asv --commit <hash>  (merges into results/asv; then commit).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -27,7 +27,7 @@ export ASV_PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONPATH="$ASV_PYTHONPATH"
 
 # ~/.asv-machine.json: asv's description of this host plus gpu, cuda, torch_version, triton_version
-MACHINE="$("$PY" -m moe_routing_bench.asv_store machine ${MACHINE:+--name "$MACHINE"})"
+MACHINE="$("$PY" -m moe_routing_bench.suite.store machine ${MACHINE:+--name "$MACHINE"})"
 COMMIT="${COMMIT:-$(git rev-parse -q --verify HEAD 2>/dev/null || true)}"
 if [ -z "$COMMIT" ]; then
     echo "gpu_asv.sh: this copy has no git history: COMMIT=<the tree's commit hash> bash tools/gpu_asv.sh" >&2
@@ -50,7 +50,7 @@ else
     "$PY" -c '
 import json, sys
 from pathlib import Path
-from moe_routing_bench.publish import read_asv_config
+from moe_routing_bench.suite.dashboard import read_asv_config
 stand = Path(sys.argv[1])
 conf = read_asv_config("asv.conf.json")
 conf.update(repo=str(stand), benchmark_dir=str(Path("benchmarks").resolve()), results_dir=str(stand / "results"),
@@ -59,8 +59,8 @@ conf.update(repo=str(stand), benchmark_dir=str(Path("benchmarks").resolve()), re
 ' "$STAND"
     "$PY" "${RUN[@]}" --config "$STAND/asv.conf.json" --set-commit-hash "$(git -C "$STAND" rev-parse HEAD)"
     RESULTS="$STAND/relabelled"
-    "$PY" -m moe_routing_bench.asv_store import-results "$STAND/results" --results-dir "$RESULTS" --commit "$COMMIT"
-    "$PY" -m moe_routing_bench.asv_store import-results "$RESULTS"  # and into results/asv here
+    "$PY" -m moe_routing_bench.suite.store import-results "$STAND/results" --results-dir "$RESULTS" --commit "$COMMIT"
+    "$PY" -m moe_routing_bench.suite.store import-results "$RESULTS"  # and into results/asv here
 fi
 
 if [ -n "${OUT:-}" ]; then
@@ -69,7 +69,7 @@ if [ -n "${OUT:-}" ]; then
     NEW="$(mktemp -d)"
     mkdir -p "$NEW/$MACHINE"
     cp "$RESULTS/$MACHINE/machine.json" "$RESULTS/$MACHINE/${COMMIT:0:8}"-existing-*.json "$NEW/$MACHINE/"
-    "$PY" -m moe_routing_bench.asv_store import-results "$NEW" --results-dir "$OUT/asv" >/dev/null
+    "$PY" -m moe_routing_bench.suite.store import-results "$NEW" --results-dir "$OUT/asv" >/dev/null
     echo "gpu_asv.sh: merged into $OUT/asv/$MACHINE/; where it comes back:"
-    echo "    python -m moe_routing_bench.asv_store import-results <that folder>/asv --commit $COMMIT"
+    echo "    python -m moe_routing_bench.suite.store import-results <that folder>/asv --commit $COMMIT"
 fi

@@ -28,10 +28,12 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-from moe_routing_bench import dispatch, routers, timing  # noqa: E402
-from moe_routing_bench import plan as plan_mod  # noqa: E402
-from moe_routing_bench.backends import get_backend  # noqa: E402
-from moe_routing_bench.bench import Case, bench_stages, make_inputs, stage_callables  # noqa: E402
+from moe_routing_bench.routing import dispatch
+from moe_routing_bench.routing import routers
+from moe_routing_bench.harness import timing  # noqa: E402
+from moe_routing_bench.routing import plan as plan_mod  # noqa: E402
+from moe_routing_bench.routing.backends import get_backend  # noqa: E402
+from moe_routing_bench.harness.cases import Case, bench_stages, make_inputs, stage_callables  # noqa: E402
 
 MAIN = dict(num_tokens=16384, hidden_dim=4096, num_experts=128, top_k=2)
 SHAPES = [
@@ -68,8 +70,8 @@ def ulp_diff_bf16(a, b):
 
 
 def run_checks(sink, dev):
-    from moe_routing_bench.kernels import _common
-    from moe_routing_bench.kernels.triton_backend import build_plan, combine, pack, route
+    from moe_routing_bench.routing.backends._triton import launch as _common
+    from moe_routing_bench.routing.backends.triton_ops import build_plan, combine, pack, route
 
     _common.set_poison("a")
     results = []
@@ -243,7 +245,7 @@ def cpu_overhead(sink, dev):
     import io
     import pstats
 
-    from moe_routing_bench.kernels import _common
+    from moe_routing_bench.routing.backends._triton import launch as _common
     case = Case(**SHAPES[0], device=dev).validated()
     inp = make_inputs(case)
     for backend in ("triton", "torch"):
@@ -330,7 +332,7 @@ def main():
     assert os.environ.get("TRITON_INTERPRET") != "1", "never benchmark under the interpreter"
     import triton
 
-    from moe_routing_bench.kernels import _common
+    from moe_routing_bench.routing.backends._triton import launch as _common
 
     dev = "cuda"
     props = torch.cuda.get_device_properties(0)
@@ -381,10 +383,12 @@ def main():
         checks.write({"check": f"autotuned-pack-combine/{shape}", "ok": ok, "max_bf16_steps": ulp_diff_bf16(oa, ob)})
         log("autotuned pack/combine check", shape, ok)
     # chosen configs
-    from moe_routing_bench.kernels import combine as kc, pack as kp, topk as kt
+    from moe_routing_bench.routing.backends._triton import combine_kernels as kc
+    from moe_routing_bench.routing.backends._triton import pack_kernels as kp
+    from moe_routing_bench.routing.backends._triton import topk_kernels as kt
     chosen = {name: {str(k): str(v) for k, v in l.chosen.items()}
               for name, l in (("topk", kt._LAUNCH), ("pack", kp._LAUNCH), ("combine", kc._FWD))}
-    from moe_routing_bench.kernels import plan as kplan
+    from moe_routing_bench.routing.backends._triton import plan_kernels as kplan
     chosen["plan"] = {str(k): v for k, v in kplan.plan_config_choices().items()}
     sink.write({"name": "autotune_choices", "choices": chosen})
     log("autotune choices", json.dumps(chosen, indent=0))
@@ -425,7 +429,7 @@ def main():
                 log("flush diag failed", backend, shape, repr(exc))
 
     # extras at the main shape: router without probs, plan variants
-    from moe_routing_bench.kernels.topk import MODES, route_topk
+    from moe_routing_bench.routing.backends._triton.topk_kernels import MODES, route_topk
     case = Case(**SHAPES[0], device=dev).validated()
     inp = make_inputs(case)
     for wp in (True, False):

@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moe_routing_bench import metrics, routers
-from moe_routing_bench.layer import MoEAux, MoELayer
+from moe_routing_bench.routing import metrics
+from moe_routing_bench.routing import routers
+from moe_routing_bench.routing.layer import MoEAux, MoELayer
 
 DENSE = "dense"
 ROUTERS = routers.STRATEGIES + (DENSE,)
@@ -59,7 +60,7 @@ class ModelConfig:
     num_experts: int = 8
     top_k: int = 2
     router: str = "softk"          # a routers.STRATEGIES name, or "dense"
-    backend: str = "torch"         # moe_routing_bench.backends name
+    backend: str = "torch"         # moe_routing_bench.routing.backends name
     capacity_factor: float | None = 1.25  # None: dropless
     renorm_after_drop: bool = False
     drop_policy: str = "position"

@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bench", nargs="*", default=[], help="bench_throughput.py JSONL files: exclusive-GPU "
                    "tokens/s per configuration (column bench_tokens_per_s), for runs that shared a GPU")
     p.add_argument("--export-asv", action="store_true", help="export into the asv result store "
-                   "(moe_routing_bench.asv_store.export_training_summary)")
+                   "(moe_routing_bench.suite.store.export_training_summary)")
     p.add_argument("--results-dir", default="results/asv", help="asv results folder for --export-asv")
     p.add_argument("--machine", default=None, help="asv machine name for --export-asv")
     args = p.parse_args(argv)
@@ -243,9 +243,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{sum(r['row_type'] == 'mean' for r in rows)} configurations to {args.out}")
     if args.export_asv:
         try:
-            from moe_routing_bench.asv_store import export_training_summary
+            from moe_routing_bench.suite.store import export_training_summary
         except ImportError:
-            print("--export-asv: moe_routing_bench.asv_store is unavailable in this version; nothing exported",
+            print("--export-asv: moe_routing_bench.suite.store is unavailable in this version; nothing exported",
                   file=sys.stderr)
             return 0
         path = export_training_summary(Path(args.out), Path(args.results_dir), machine=args.machine)

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "train"]
 sys.path.insert(0, str(ROOT))
 
-from moe_routing_bench.store import write_atomic  # noqa: E402
+from moe_routing_bench.harness.records import write_atomic  # noqa: E402
 
 TRAIN = ROOT / "train" / "train.py"
 STATUS_NAME = "sweep_status.json"
@@ -111,7 +111,7 @@ def _same_cf(a: str, b: str) -> bool:
 
 
 def grid(args) -> list[Point]:
-    from moe_routing_bench.routers import canonical_strategy
+    from moe_routing_bench.routing.routers import canonical_strategy
 
     routers = []
     for r in _csv(args.router_list):

@@ -49,9 +49,10 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from moe_routing_bench import metrics, routers  # noqa: E402
-from moe_routing_bench.errors import ConfigError, parse_dtype  # noqa: E402
-from moe_routing_bench.store import environment, write_atomic  # noqa: E402
+from moe_routing_bench.routing import metrics
+from moe_routing_bench.routing import routers  # noqa: E402
+from moe_routing_bench.routing.validation import ConfigError, parse_dtype  # noqa: E402
+from moe_routing_bench.harness.records import environment, write_atomic  # noqa: E402
 from train.data import (VOCAB_SIZE, eval_batches, get_batch, load_tokens,  # noqa: E402
                         split_train_val)
 from train.model import DENSE, ROUTERS, STAT_NAMES, LossAndStats, ModelConfig, MoETransformer  # noqa: E402

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import ConfigError
+from ..routing.validation import ConfigError
 
 WORKLOADS = ("uniform", "zipf", "hot", "balanced")
 

@@ -34,8 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..plan import num_rows
-from ._common import INTERPRET, Launcher, autotune_enabled, cdiv, empty, next_pow2
+from ...plan import num_rows
+from .launch import INTERPRET, Launcher, autotune_enabled, cdiv, empty, next_pow2
 
 
 @triton.jit

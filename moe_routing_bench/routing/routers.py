@@ -23,7 +23,7 @@ from fractions import Fraction
 
 import torch
 
-from .errors import ConfigError, check_capacity_factor, check_top_k
+from .validation import ConfigError, check_capacity_factor, check_top_k
 
 STRATEGIES = ("top1", "topk-hard", "softk", "hash", "expert-choice", "aux-free")
 _ALIASES = {
@@ -68,12 +68,23 @@ def capacity(num_tokens: int, top_k: int, num_experts: int, capacity_factor: flo
     """C = ceil(capacity_factor * T * K / E), at least 1; None (dropless) when the factor is None.
 
     Exact rational arithmetic on the decimal the user typed: 1.1 * 100 is 110, not 111."""
+    ratio = capacity_ratio(capacity_factor)
+    return None if ratio is None else capacity_from_ratio(num_tokens, top_k, num_experts, ratio)
+
+
+def capacity_ratio(capacity_factor: float | None) -> tuple[int, int] | None:
+    """The capacity factor as the exact fraction (numerator, denominator) of its decimal repr."""
     if capacity_factor is None:
         return None
     check_capacity_factor(capacity_factor)
     cf = Fraction(repr(float(capacity_factor)))
-    # integer ceil-division (math.ceil of a Fraction would break a torch.compile graph)
-    return max(1, -(-(cf.numerator * num_tokens * top_k) // (cf.denominator * num_experts)))
+    return cf.numerator, cf.denominator
+
+
+def capacity_from_ratio(num_tokens: int, top_k: int, num_experts: int, ratio: tuple[int, int]) -> int:
+    """`capacity` from a precomputed `capacity_ratio`: integer arithmetic only, so torch.compile traces it."""
+    numerator, denominator = ratio
+    return max(1, -(-(numerator * num_tokens * top_k) // (denominator * num_experts)))
 
 
 def topk_lowest_id(scores_TE: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,8 +1,8 @@
 """Regression gate: is the working tree slower than a base commit on this machine?
 
-    python -m moe_routing_bench.regression --base REF [--threshold 1.2]      # exit 1 on a slowdown
-    python -m moe_routing_bench.regression --write-baseline                   # results/baselines/<machine>.json
-    python -m moe_routing_bench.regression --against-baseline [--threshold 1.2]
+    python -m moe_routing_bench.suite.gate --base REF [--threshold 1.2]      # exit 1 on a slowdown
+    python -m moe_routing_bench.suite.gate --write-baseline                   # results/baselines/<machine>.json
+    python -m moe_routing_bench.suite.gate --against-baseline [--threshold 1.2]
 
 `--base REF` checks REF out into a temporary `git worktree` and starts two worker processes, one
 importing `moe_routing_bench` from that worktree and one from the working tree (uncommitted edits
@@ -231,14 +231,14 @@ def gate_against_base(repo: Path, base: str, cases: list[GateCase], *, rounds: i
 
 
 def baseline_path(device: str) -> Path:
-    from .asv_store import default_machine_name, local_gpu
+    from .store import default_machine_name, local_gpu
 
     gpu = local_gpu()["gpu"] if device == "cuda" else None
     return BASELINE_DIR / f"{default_machine_name(gpu)}.json"
 
 
 def write_baseline(path: Path, repo: Path, cases: list[GateCase], *, rounds: int, warmup: int, iters: int) -> dict:
-    from . import store
+    from ..harness import records as store
 
     medians = measure_trees({"head": repo}, cases, rounds, warmup, iters)["head"]
     env = store.environment(cases[0].case["device"])
@@ -262,7 +262,7 @@ def gate_against_baseline(path: Path, repo: Path, cases: list[GateCase], *, roun
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m moe_routing_bench.regression", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m moe_routing_bench.suite.gate", description=__doc__.split("\n")[0])
     mode = ap.add_mutually_exclusive_group(required=True)
     mode.add_argument("--base", help="git revision to compare the working tree with (e.g. HEAD, main, HEAD~1)")
     mode.add_argument("--against-baseline", action="store_true", help="compare with results/baselines/<machine>.json")

@@ -43,13 +43,6 @@ def grouped_mm(x_RH: torch.Tensor, w_EHF: torch.Tensor, group_ends_E: torch.Tens
     return out
 
 
-@torch.compiler.assume_constant_result
-def _capacity(num_tokens: int, top_k: int, num_experts: int, capacity_factor: float | None) -> int | None:
-    """`routers.capacity`, taken as a constant under torch.compile (its exact Fraction arithmetic
-    does not trace); the shapes and the factor it depends on are static there."""
-    return routers.capacity(num_tokens, top_k, num_experts, capacity_factor)
-
-
 def expert_ffn(x_RH: torch.Tensor, w1_EHF: torch.Tensor, w2_EFH: torch.Tensor, plan: Plan) -> torch.Tensor:
     """gelu(x W1_e) W2_e for each expert's packed rows, by the plan's layout."""
     if plan.layout == "padded":
@@ -100,6 +93,9 @@ class MoELayer(nn.Module):
         self.backend_name = backend
         self.backend = get_backend(backend)
         self.capacity_factor = capacity_factor
+        # expert-choice: each expert takes ceil(cf*T*k/E) tokens, cf 1.0 when dropless
+        self._capacity_ratio = routers.capacity_ratio(
+            capacity_factor or 1.0 if self.strategy == "expert-choice" else capacity_factor)
         self.drop_policy = drop_policy
         self.renormalize_kept = renormalize_kept
         self.temperature = temperature
@@ -131,10 +127,10 @@ class MoELayer(nn.Module):
                 bias_E=self.bias_E, capacity_factor=self.capacity_factor,
             )
             T = x_TH.shape[0]
+            capacity = None if self._capacity_ratio is None else routers.capacity_from_ratio(
+                T, self.top_k, self.num_experts, self._capacity_ratio)
             if self.strategy == "expert-choice":  # each expert holds exactly its picks: nothing drops
-                capacity = min(T, _capacity(T, self.top_k, self.num_experts, self.capacity_factor or 1.0))
-            else:
-                capacity = _capacity(T, self.top_k, self.num_experts, self.capacity_factor)
+                capacity = min(T, capacity)
             x = x_TH.to(dtype)
             w1, w2 = self.w1_EHF.to(dtype), self.w2_EFH.to(dtype)
             plan = self.backend.build_plan(

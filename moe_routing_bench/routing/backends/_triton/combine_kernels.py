@@ -16,8 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import Launcher, cdiv, empty, next_pow2
-from .pack import default_config, prune_row_configs, row_configs
+from .launch import Launcher, cdiv, empty, next_pow2
+from .pack_kernels import default_config, prune_row_configs, row_configs
 
 
 @triton.jit

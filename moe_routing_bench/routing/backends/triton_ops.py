@@ -23,12 +23,12 @@ import torch
 
 from .. import dispatch, routers
 from .. import plan as plan_mod
-from ..backends import Backend
-from ..errors import ConfigError
-from ._common import runs_here
-from .autograd import CombineFn, PackFn, RouteFn
-from .plan import plan_tensors as _triton_plan_tensors
-from .topk import MAX_EXPERTS, MAX_TOP_K, MODES, route_topk
+from .base import Backend
+from ..validation import ConfigError
+from ._triton.launch import runs_here
+from ._triton.autograd_fns import CombineFn, PackFn, RouteFn
+from ._triton.plan_kernels import plan_tensors as _triton_plan_tensors
+from ._triton.topk_kernels import MAX_EXPERTS, MAX_TOP_K, MODES, route_topk
 
 
 def route(logits_TE: torch.Tensor, strategy: str, top_k: int, *, temperature: float = 1.0, renormalize: bool = True,
@@ -78,7 +78,7 @@ def pack(x_TH: torch.Tensor, plan: plan_mod.Plan) -> torch.Tensor:
         return dispatch.pack(x_TH, plan)
     if x_TH.requires_grad and torch.is_grad_enabled():
         return PackFn.apply(x_TH, plan.row_TK, plan.token_index_R, plan.every_row_filled)
-    from .pack import pack_rows
+    from ._triton.pack_kernels import pack_rows
 
     return pack_rows(x_TH, plan.row_TK, plan.token_index_R, plan.every_row_filled)
 
@@ -89,7 +89,7 @@ def combine(y_RH: torch.Tensor, plan: plan_mod.Plan) -> torch.Tensor:
         return dispatch.combine(y_RH, plan)
     if (y_RH.requires_grad or plan.gate_TK.requires_grad) and torch.is_grad_enabled():
         return CombineFn.apply(y_RH, plan.gate_TK, plan.row_TK, plan.token_index_R, plan.every_row_filled)
-    from .combine import combine_rows
+    from ._triton.combine_kernels import combine_rows
 
     return combine_rows(y_RH, plan.row_TK, plan.gate_TK)
 

@@ -12,29 +12,20 @@ pack(x_TH, plan) -> x_RH; combine(y_RH, plan) -> out_TH (see each module for sem
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
-import os
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from . import dispatch, plan, routers
-from .errors import ConfigError, check_top_k
+from .. import dispatch, plan, routers
+from ..validation import ConfigError, check_top_k
+from .base import Backend, use_triton_interpreter_without_gpu
 
-if not torch.cuda.is_available():
-    # Triton kernels can only run in its interpreter here. The variable must be set before anything
-    # (torch.compile's inductor included) imports triton, so it is set when the registry loads.
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+__all__ = ["BACKENDS", "Backend", "available_backends", "backend_unavailable_reason", "get_backend"]
 
-
-@dataclass(frozen=True)
-class Backend:
-    name: str
-    route: Callable[..., routers.Routing]
-    build_plan: Callable[..., plan.Plan]
-    pack: Callable[[torch.Tensor, plan.Plan], torch.Tensor]
-    combine: Callable[[torch.Tensor, plan.Plan], torch.Tensor]
+# Set before anything (torch.compile's inductor included) imports triton.
+use_triton_interpreter_without_gpu()
 
 
 def _torch_backend() -> Backend:
@@ -60,9 +51,8 @@ def _compile_backend() -> Backend:
 
 
 def _triton_backend() -> Backend:
-    from .kernels import triton_backend
-
-    return triton_backend()
+    # Imported by name, when asked for: the kernels compile on first use and never import this registry.
+    return importlib.import_module(f"{__name__}.triton_ops").triton_backend()
 
 
 _FACTORIES: dict[str, Callable[[], Backend]] = {
@@ -78,11 +68,9 @@ def backend_unavailable_reason(name: str) -> str | None:
     """Why `name` cannot run here, or None when it can."""
     if name not in _FACTORIES:
         return f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}"
-    if name == "triton":
-        if importlib.util.find_spec("triton") is None:
-            return "triton is not installed"
-        if importlib.util.find_spec("moe_routing_bench.kernels.triton_backend") is None:
-            return "the triton kernels are not built into this version"
+    if name == "triton" and importlib.util.find_spec("triton") is None:
+        # find_spec of a top-level name locates the package without importing it.
+        return "triton is not installed"
     return None
 
 

@@ -21,7 +21,7 @@ Public API::
     screenshot(url, out_png, *, wait_ms=15000) -> None   # headless Chromium, no network
     dump_dom(url, *, wait_ms=15000) -> str
 
-Command line: ``python -m moe_routing_bench.publish [--config asv.conf.json]
+Command line: ``python -m moe_routing_bench.suite.dashboard [--config asv.conf.json]
 [--cache-dir DIR] [--serve] [--screenshot out.png]``.
 
 Standard library only (no torch import), so it runs in any environment that has asv.
@@ -289,7 +289,7 @@ def check_no_external_references(html: str, source: str = "<string>") -> None:
         raise ExternalReferenceError(
             f"{source}: {len(refs)} external reference(s) remain after vendoring; the dashboard "
             f"would need network access (asv version other than {ASV_VERSION}? extend "
-            f"CDN_ASSETS in moe_routing_bench/publish.py):\n  " + "\n  ".join(refs))
+            f"CDN_ASSETS in moe_routing_bench/suite/dashboard.py):\n  " + "\n  ".join(refs))
 
 
 def _scan_outside_strings(text: str, handle) -> str:
@@ -674,7 +674,7 @@ def dump_dom(url: str, *, wait_ms: int = 15000) -> str:
 # --------------------------------------------------------------------------- command line
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m moe_routing_bench.publish",
+    ap = argparse.ArgumentParser(prog="python -m moe_routing_bench.suite.dashboard",
                                  description="asv publish + offline vendoring of its CDN libraries")
     ap.add_argument("--config", default="asv.conf.json")
     ap.add_argument("--cache-dir", type=Path, default=None,
@@ -706,3 +706,25 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def add_publish_command(sub: argparse._SubParsersAction) -> None:
+    """`moe-bench publish`: the suite's subcommand, added to the harness's parser by `moe_routing_bench.cli`."""
+    p = sub.add_parser("publish", help="asv publish of the result store, with its JavaScript served locally (renders offline)")
+    p.add_argument("--config", default="asv.conf.json")
+    p.add_argument("--serve", action="store_true", help="then serve the dashboard on 127.0.0.1 until interrupted")
+    p.set_defaults(func=_cmd_publish)
+
+
+def _cmd_publish(args) -> None:
+    from ..routing.validation import ConfigError
+
+    try:
+        html_dir = publish(args.config)
+    except (RuntimeError, FileNotFoundError) as e:  # asv or npm missing, vendoring failed
+        raise ConfigError(f"publish failed: {e}") from None
+    print(f"dashboard written to {html_dir}/index.html")
+    if args.serve:
+        with served(html_dir) as url:
+            print(f"serving {url} (Ctrl-C stops)", flush=True)
+            threading.Event().wait()

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, Launcher, cdiv, empty, next_pow2
+from .launch import INTERPRET, Launcher, cdiv, empty, next_pow2
 
 if not INTERPRET:  # libdevice is not patched by the interpreter
     from triton.language.extra import libdevice

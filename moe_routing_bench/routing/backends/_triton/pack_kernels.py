@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, Launcher, cdiv, empty, next_pow2
+from .launch import INTERPRET, Launcher, cdiv, empty, next_pow2
 
 
 @triton.jit

@@ -14,10 +14,11 @@ from typing import Callable
 
 import torch
 
-from . import metrics, workloads
-from .backends import Backend, get_backend
-from .errors import ConfigError, check_capacity_factor, check_logits, check_positive, check_top_k, parse_dtype
-from .routers import canonical_strategy
+from . import workloads
+from ..routing import metrics
+from ..routing.backends import Backend, get_backend
+from ..routing.validation import ConfigError, check_capacity_factor, check_logits, check_positive, check_top_k, parse_dtype
+from ..routing.routers import canonical_strategy
 from .timing import Timing, measure
 
 STAGES = ("topk", "plan", "pack", "combine", "routing_path")

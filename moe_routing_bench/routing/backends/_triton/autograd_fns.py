@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from .combine import combine_backward, combine_rows
-from .pack import pack_rows
-from .topk import MODES, route_topk
+from .combine_kernels import combine_backward, combine_rows
+from .pack_kernels import pack_rows
+from .topk_kernels import MODES, route_topk
 
 
 def reference_weights(logits_f32: torch.Tensor, ids_TK: torch.Tensor, mode: int, top_k: int, temperature: float,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import ConfigError
+from .validation import ConfigError
 from .routers import Routing, capacity as capacity_for
 
 DROP_POLICIES = ("position", "score")

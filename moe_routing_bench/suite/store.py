@@ -8,7 +8,7 @@ the layer and training metrics on one dashboard, with the GPU model as a filter:
     export_jsonl(jsonl_path)               CLI records (`moe-bench bench-routing --out x.jsonl`)
     export_training_summary(summary_csv)   a training sweep summary (train/summarize.py)
 
-Command line: `python -m moe_routing_bench.asv_store {pytest-benchmark,jsonl,training} FILE
+Command line: `python -m moe_routing_bench.suite.store {pytest-benchmark,jsonl,training} FILE
 [--machine NAME] [--results-dir results/asv] [--commit REF]`; `... machine [--name NAME]` records
 this machine (with its `gpu` and `cuda` keys) in ~/.asv-machine.json for `asv run`;
 `... import-results DIR [--commit HASH]` merges asv results brought back from another machine.
@@ -532,7 +532,7 @@ def import_results(src: Path, results_dir: Path = DEFAULT_RESULTS_DIR, *, commit
 
 # ------------------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m moe_routing_bench.asv_store",
+    ap = argparse.ArgumentParser(prog="python -m moe_routing_bench.suite.store",
                                  description="export measurements into the asv result store")
     sub = ap.add_subparsers(dest="what", required=True)
     for what, help_ in (("pytest-benchmark", "a pytest-benchmark --benchmark-json file"),

@@ -11,9 +11,9 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Sequence
 
-from .. import timing
-from ..backends import backend_unavailable_reason
-from ..bench import STAGES, Case, bench_stages, make_inputs, resolve_device
+from . import timing
+from ..routing.backends import backend_unavailable_reason
+from .cases import STAGES, Case, bench_stages, make_inputs, resolve_device
 
 BYTE_STAGES = ("pack", "combine", "routing_path")
 LATENCY_STAGES = ("topk", "plan")
