@@ -20,13 +20,13 @@ class MoELayer:
         import torch
 
         from moe_routing_bench.harness import cases as bench
-        from moe_routing_bench.routing.layer import MoELayer
+        from moe_routing_bench import MoEConfig, MoELayer
 
         tokens, hidden, experts, top_k, device = LAYER_SHAPES[shape]
         prepare(device, backend)
         self.device = device
         torch.manual_seed(SEED)
-        self.layer = MoELayer(hidden, 4 * hidden, experts, top_k, backend=backend, capacity_factor=1.25).to(device)
+        self.layer = MoELayer(MoEConfig(hidden, 4 * hidden, experts, top_k, backend=backend, capacity_factor=1.25)).to(device)
         case = bench.Case(tokens, hidden, experts, top_k, dtype=DTYPE, device=device, seed=SEED).validated()
         self.x = bench.make_inputs(case).x_TH
         self.x_grad = self.x.detach().clone().requires_grad_(True)

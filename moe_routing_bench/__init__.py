@@ -14,7 +14,7 @@ from .harness.timing import Timing, copy_bandwidth, matmul_flops, measure
 from .routing import metrics
 from .routing.backends import BACKENDS, Backend, available_backends, backend_unavailable_reason, get_backend
 from .routing.dispatch import combine, pack
-from .routing.layer import MoEAux, MoELayer
+from .routing.layer import MoEAux, MoEConfig, MoELayer
 from .routing.plan import Plan, build_plan
 from .routing.routers import (STRATEGIES, Routing, balance_loss, canonical_strategy, capacity, route,
                               update_aux_free_bias, z_loss)
@@ -23,7 +23,7 @@ from .routing.validation import ConfigError, parse_dtype
 __version__ = "0.1.0"
 
 __all__ = [
-    "BACKENDS", "STAGES", "STRATEGIES", "Backend", "Case", "ConfigError", "MoEAux", "MoELayer", "Plan",
+    "BACKENDS", "STAGES", "STRATEGIES", "Backend", "Case", "ConfigError", "MoEAux", "MoEConfig", "MoELayer", "Plan",
     "Routing", "Timing", "append_jsonl", "available_backends", "backend_unavailable_reason", "balance_loss",
     "bench_stages", "build_plan", "canonical_strategy", "capacity", "combine", "copy_bandwidth",
     "environment", "get_backend", "make_inputs", "matmul_flops", "measure", "metrics", "pack",

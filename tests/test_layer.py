@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from moe_routing_bench.routing.layer import MoELayer, grouped_mm
+from moe_routing_bench.routing.layer import MoEConfig, MoELayer, grouped_mm
 from moe_routing_bench.routing.routers import STRATEGIES
 
 
@@ -22,7 +22,7 @@ def _naive(layer: MoELayer, x, aux):
 @pytest.mark.parametrize("cf", [None, 0.75])
 def test_layer_equals_per_token_loop_and_router_learns(strategy, cf):
     torch.manual_seed(0)
-    layer = MoELayer(16, 32, 5, 2, strategy=strategy, capacity_factor=cf)
+    layer = MoELayer(MoEConfig(16, 32, 5, 2, strategy=strategy, capacity_factor=cf))
     with torch.no_grad():
         layer.router.weight.normal_()  # a decisive router
     x = torch.randn(40, 16)
@@ -44,14 +44,14 @@ def test_grouped_mm_loop_fallback_equals_grouped_kernel():
 
 
 def test_aux_free_bias_moves_toward_balance():
-    layer = MoELayer(8, 16, 4, 1, strategy="aux-free")
+    layer = MoELayer(MoEConfig(8, 16, 4, 1, strategy="aux-free"))
     layer.update_bias(torch.tensor([10, 0, 0, 2]), gamma=0.5)
     assert layer.bias_E.tolist() == [-0.5, 0.5, 0.5, 0.5]
 
 
 def test_padded_batched_matmul_path_equals_ragged_grouped_path():
     torch.manual_seed(2)
-    layer = MoELayer(16, 32, 4, 2, capacity_factor=0.8)
+    layer = MoELayer(MoEConfig(16, 32, 4, 2, capacity_factor=0.8))
     x = torch.randn(30, 16)
     out_ragged, aux = layer(x)
     assert aux.plan.layout == "ragged"

@@ -30,7 +30,7 @@ from torch import nn
 
 from moe_routing_bench.routing import metrics
 from moe_routing_bench.routing import routers
-from moe_routing_bench.routing.layer import MoEAux, MoELayer
+from moe_routing_bench import MoEAux, MoEConfig, MoELayer
 
 DENSE = "dense"
 ROUTERS = routers.STRATEGIES + (DENSE,)
@@ -134,11 +134,11 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(cfg)
         self.ln2 = nn.LayerNorm(cfg.dim)
         if cfg.is_moe:
-            self.ffn = MoELayer(
+            self.ffn = MoELayer(MoEConfig(
                 cfg.dim, cfg.expert_dim, cfg.num_experts, cfg.top_k, strategy=cfg.router,
                 backend=cfg.backend, capacity_factor=cfg.capacity_factor, drop_policy=cfg.drop_policy,
                 renormalize_kept=cfg.renorm_after_drop, temperature=cfg.temperature,
-                jitter_eps=cfg.jitter_eps)
+                jitter_eps=cfg.jitter_eps))
         else:
             self.ffn = DenseFFN(cfg.dim, cfg.dense_dim)
         self.drop = nn.Dropout(cfg.dropout)

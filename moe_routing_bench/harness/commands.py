@@ -269,7 +269,7 @@ def cmd_capacity(args, sweep: bool) -> None:
 
 
 def cmd_moe_layer(args) -> None:
-    from ..routing.layer import MoELayer, expert_ffn, preferred_layout
+    from ..routing.layer import MoEConfig, MoELayer
 
     run = Runner(args)
     cf = args.capacity_factor
@@ -279,31 +279,23 @@ def cmd_moe_layer(args) -> None:
     dense_flops = timing.matmul_flops(run.device, dtype)  # the same run's compute ceiling
     for name in _backend_list(args.backend):
         torch.manual_seed(case.seed)
-        layer = MoELayer(H, F, case.num_experts, case.top_k, strategy=case.strategy, backend=name,
-                         capacity_factor=cf, drop_policy=case.drop_policy, renormalize_kept=case.renormalize_kept,
-                         temperature=args.temperature).to(case.device)
+        layer = MoELayer(MoEConfig(H, F, case.num_experts, case.top_k, strategy=case.strategy, backend=name,
+                                   capacity_factor=cf, drop_policy=case.drop_policy,
+                                   renormalize_kept=case.renormalize_kept, temperature=args.temperature))
+        layer = layer.to(case.device)
         inputs = bench.make_inputs(case)
-        x = inputs.x_TH
-        b = layer.backend
-        w1, w2 = layer.w1_EHF.detach().to(dtype), layer.w2_EFH.detach().to(dtype)
-        plan_kw = dict(capacity_factor=cf, drop_policy=case.drop_policy, renormalize_kept=case.renormalize_kept)
-        with torch.no_grad():
-            def router():
-                logits = torch.nn.functional.linear(x.float(), layer.router.weight.float())
-                return b.route(logits, case.strategy, case.top_k, token_ids_T=inputs.token_ids_T)
-
-            routing = router()
-            plan = b.build_plan(routing, **plan_kw)
-            plan_kw["layout"] = preferred_layout(plan.capacity, x, w1)
-            plan = b.build_plan(routing, **plan_kw)
-            packed = b.pack(x, plan)
-            y = expert_ffn(packed, w1, w2, plan)
+        x, ids = inputs.x_TH, inputs.token_ids_T
+        with torch.no_grad():  # the layer's own stages, as its forward runs them
+            _, routing = layer.route(x, ids)
+            plan = layer.plan(routing, x)
+            packed = layer.backend.pack(x, plan)
+            y = layer.experts(packed, plan)
             stage_fns = {
-                "router": router,
-                "plan": lambda: b.build_plan(routing, **plan_kw),
-                "pack": lambda: b.pack(x, plan),
-                "ffn": lambda: expert_ffn(packed, w1, w2, plan),
-                "combine": lambda: b.combine(y, plan),
+                "router": lambda: layer.route(x, ids),
+                "plan": lambda: layer.plan(routing, x),
+                "pack": lambda: layer.backend.pack(x, plan),
+                "ffn": lambda: layer.experts(packed, plan),
+                "combine": lambda: layer.backend.combine(y, plan),
             }
             times = {k: run.time(fn, case.device) for k, fn in stage_fns.items()}
         xg = x.detach().clone().requires_grad_(True)

@@ -60,6 +60,23 @@ def preferred_layout(capacity: int | None, x: torch.Tensor, w1_EHF: torch.Tensor
     return "padded"
 
 
+@dataclass(frozen=True)
+class MoEConfig:
+    """One MoE layer: sizes, router and its options, backend, capacity and drops."""
+
+    dim: int
+    ffn_dim: int
+    num_experts: int
+    top_k: int
+    strategy: str = "softk"
+    backend: str = "torch"
+    capacity_factor: float | None = None  # None: dropless
+    drop_policy: str = "position"
+    renormalize_kept: bool = False
+    temperature: float = 1.0
+    jitter_eps: float = 0.0
+
+
 @dataclass
 class MoEAux:
     """What a forward pass leaves for losses and logging (tensors: no host sync until read)."""
@@ -71,44 +88,33 @@ class MoEAux:
 
 
 class MoELayer(nn.Module):
-    def __init__(
-        self,
-        dim: int,
-        ffn_dim: int,
-        num_experts: int,
-        top_k: int,
-        *,
-        strategy: str = "softk",
-        backend: str = "torch",
-        capacity_factor: float | None = None,
-        drop_policy: str = "position",
-        renormalize_kept: bool = False,
-        temperature: float = 1.0,
-        jitter_eps: float = 0.0,
-    ):
+    """router -> plan -> pack -> experts -> combine; each stage is a method, so benchmarks time
+    exactly what `forward` runs. Routing is float32 outside autocast; experts run in the activation
+    (or autocast) dtype."""
+
+    def __init__(self, config: MoEConfig):
         super().__init__()
-        self.strategy = routers.canonical_strategy(strategy)
-        self.top_k = 1 if self.strategy == "top1" else top_k
-        routers.check_top_k(self.top_k, num_experts)
-        self.backend_name = backend
-        self.backend = get_backend(backend)
-        self.capacity_factor = capacity_factor
+        self.config = config
+        self.strategy = routers.canonical_strategy(config.strategy)
+        self.top_k = 1 if self.strategy == "top1" else config.top_k
+        E = config.num_experts
+        routers.check_top_k(self.top_k, E)
+        self.backend = get_backend(config.backend)
         # expert-choice: each expert takes ceil(cf*T*k/E) tokens, cf 1.0 when dropless
         self._capacity_ratio = routers.capacity_ratio(
-            capacity_factor or 1.0 if self.strategy == "expert-choice" else capacity_factor)
-        self.drop_policy = drop_policy
-        self.renormalize_kept = renormalize_kept
-        self.temperature = temperature
-        self.jitter_eps = jitter_eps
-        self.num_experts = num_experts
-        self.router = nn.Linear(dim, num_experts, bias=False)
-        self.w1_EHF = nn.Parameter(torch.empty(num_experts, dim, ffn_dim))
-        self.w2_EFH = nn.Parameter(torch.empty(num_experts, ffn_dim, dim))
-        self.register_buffer("bias_E", torch.zeros(num_experts))  # aux-free selection bias
+            config.capacity_factor or 1.0 if self.strategy == "expert-choice" else config.capacity_factor)
+        self.router = nn.Linear(config.dim, E, bias=False)
+        self.w1_EHF = nn.Parameter(torch.empty(E, config.dim, config.ffn_dim))
+        self.w2_EFH = nn.Parameter(torch.empty(E, config.ffn_dim, config.dim))
+        self.register_buffer("bias_E", torch.zeros(E))  # aux-free selection bias
         self.reset_parameters()
 
+    @property
+    def num_experts(self) -> int:
+        return self.config.num_experts
+
     def reset_parameters(self) -> None:
-        dim, ffn = self.w1_EHF.shape[1], self.w1_EHF.shape[2]
+        dim, ffn = self.config.dim, self.config.ffn_dim
         nn.init.normal_(self.router.weight, std=0.1 / math.sqrt(dim))  # small router init (Switch)
         nn.init.normal_(self.w1_EHF, std=1 / math.sqrt(dim))
         nn.init.normal_(self.w2_EFH, std=1 / math.sqrt(ffn))
@@ -117,27 +123,45 @@ class MoELayer(nn.Module):
     def causal_safe(self) -> bool:
         return self.strategy != "expert-choice"
 
+    def capacity(self, num_tokens: int) -> int | None:
+        """Rows each expert may keep for a batch of `num_tokens` (None: dropless)."""
+        if self._capacity_ratio is None:
+            return None
+        capacity = routers.capacity_from_ratio(num_tokens, self.top_k, self.num_experts, self._capacity_ratio)
+        return min(num_tokens, capacity) if self.strategy == "expert-choice" else capacity  # EC never drops
+
+    def route(self, x_TH: torch.Tensor, token_ids_T: torch.Tensor | None = None) -> tuple[torch.Tensor, routers.Routing]:
+        """Router logits [T, E] (float32) and the Routing; call outside autocast."""
+        router_in = routers.jitter(x_TH, self.config.jitter_eps) if self.training else x_TH
+        logits_TE = F.linear(router_in.float(), self.router.weight.float())
+        routing = self.backend.route(
+            logits_TE, self.strategy, self.top_k, temperature=self.config.temperature, token_ids_T=token_ids_T,
+            bias_E=self.bias_E, capacity_factor=self.config.capacity_factor,
+        )
+        return logits_TE, routing
+
+    def plan(self, routing: routers.Routing, x_TH: torch.Tensor) -> Plan:
+        capacity = self.capacity(x_TH.shape[0])
+        return self.backend.build_plan(
+            routing, capacity_factor=None, capacity=capacity, drop_policy=self.config.drop_policy,
+            renormalize_kept=self.config.renormalize_kept, layout=preferred_layout(capacity, x_TH, self.w1_EHF),
+        )
+
+    def expert_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.w1_EHF.to(dtype), self.w2_EFH.to(dtype)
+
+    def experts(self, x_RH: torch.Tensor, plan: Plan) -> torch.Tensor:
+        """The expert MLPs over packed rows, in the rows' dtype."""
+        w1, w2 = self.expert_weights(x_RH.dtype)
+        return expert_ffn(x_RH, w1, w2, plan)
+
     def forward(self, x_TH: torch.Tensor, token_ids_T: torch.Tensor | None = None) -> tuple[torch.Tensor, MoEAux]:
         dtype = torch.get_autocast_dtype(x_TH.device.type) if torch.is_autocast_enabled(x_TH.device.type) else x_TH.dtype
         with torch.autocast(x_TH.device.type, enabled=False):
-            router_in = routers.jitter(x_TH, self.jitter_eps) if self.training else x_TH
-            logits_TE = F.linear(router_in.float(), self.router.weight.float())
-            routing = self.backend.route(
-                logits_TE, self.strategy, self.top_k, temperature=self.temperature, token_ids_T=token_ids_T,
-                bias_E=self.bias_E, capacity_factor=self.capacity_factor,
-            )
-            T = x_TH.shape[0]
-            capacity = None if self._capacity_ratio is None else routers.capacity_from_ratio(
-                T, self.top_k, self.num_experts, self._capacity_ratio)
-            if self.strategy == "expert-choice":  # each expert holds exactly its picks: nothing drops
-                capacity = min(T, capacity)
+            logits_TE, routing = self.route(x_TH, token_ids_T)
             x = x_TH.to(dtype)
-            w1, w2 = self.w1_EHF.to(dtype), self.w2_EFH.to(dtype)
-            plan = self.backend.build_plan(
-                routing, capacity_factor=None, capacity=capacity, drop_policy=self.drop_policy,
-                renormalize_kept=self.renormalize_kept, layout=preferred_layout(capacity, x, w1),
-            )
-            y_RH = expert_ffn(self.backend.pack(x, plan), w1, w2, plan)
+            plan = self.plan(routing, x)
+            y_RH = self.experts(self.backend.pack(x, plan), plan)
             out_TH = self.backend.combine(y_RH, plan)
         aux = MoEAux(routers.balance_loss(routing), routers.z_loss(logits_TE), routing, plan)
         return out_TH, aux
