@@ -18,6 +18,7 @@ from torch import nn
 from . import routers
 from .backends import get_backend
 from .plan import Plan
+from .validation import ConfigError
 
 
 def _grouped_mm_supported(x_RH: torch.Tensor, w_EHF: torch.Tensor) -> bool:
@@ -49,8 +50,14 @@ def expert_ffn(x_RH: torch.Tensor, w1_EHF: torch.Tensor, w2_EFH: torch.Tensor, p
         E, C = plan.num_experts, plan.capacity
         h = F.gelu(torch.bmm(x_RH.view(E, C, -1), w1_EHF))
         return torch.bmm(h, w2_EFH).view(E * C, -1)
-    h = F.gelu(grouped_mm(x_RH, w1_EHF, plan.group_ends_E))
-    return grouped_mm(h, w2_EFH, plan.group_ends_E)
+    return ragged_expert_ffn(x_RH, w1_EHF, w2_EFH, plan.group_ends_E)
+
+
+def ragged_expert_ffn(x_RH: torch.Tensor, w1_EHF: torch.Tensor, w2_EFH: torch.Tensor,
+                      group_ends_E: torch.Tensor) -> torch.Tensor:
+    """gelu(x W1_e) W2_e over expert-major ragged rows (int32 group ends, the grouped GEMM's offs)."""
+    h = F.gelu(grouped_mm(x_RH, w1_EHF, group_ends_E))
+    return grouped_mm(h, w2_EFH, group_ends_E)
 
 
 def preferred_layout(capacity: int | None, x: torch.Tensor, w1_EHF: torch.Tensor) -> str:
@@ -75,6 +82,7 @@ class MoEConfig:
     renormalize_kept: bool = False
     temperature: float = 1.0
     jitter_eps: float = 0.0
+    expert_parallel: int = 1  # ranks the experts are sharded over (routing.expert_parallel); 1: all here
 
 
 @dataclass
@@ -92,6 +100,8 @@ class MoELayer(nn.Module):
     exactly what `forward` runs. Routing is float32 outside autocast; experts run in the activation
     (or autocast) dtype."""
 
+    shards_experts = False  # this class holds every expert; ExpertParallelMoELayer holds a shard
+
     def __init__(self, config: MoEConfig):
         super().__init__()
         self.config = config
@@ -103,9 +113,12 @@ class MoELayer(nn.Module):
         # expert-choice: each expert takes ceil(cf*T*k/E) tokens, cf 1.0 when dropless
         self._capacity_ratio = routers.capacity_ratio(
             config.capacity_factor or 1.0 if self.strategy == "expert-choice" else config.capacity_factor)
+        if config.expert_parallel != 1 and not self.shards_experts:
+            raise ConfigError("MoELayer holds every expert: build expert_parallel > 1 with moe_layer() or ExpertParallelMoELayer")
         self.router = nn.Linear(config.dim, E, bias=False)
-        self.w1_EHF = nn.Parameter(torch.empty(E, config.dim, config.ffn_dim))
-        self.w2_EFH = nn.Parameter(torch.empty(E, config.ffn_dim, config.dim))
+        E_here = E // config.expert_parallel  # experts whose weights this module holds
+        self.w1_EHF = nn.Parameter(torch.empty(E_here, config.dim, config.ffn_dim))
+        self.w2_EFH = nn.Parameter(torch.empty(E_here, config.ffn_dim, config.dim))
         self.register_buffer("bias_E", torch.zeros(E))  # aux-free selection bias
         self.reset_parameters()
 
@@ -140,11 +153,12 @@ class MoELayer(nn.Module):
         )
         return logits_TE, routing
 
-    def plan(self, routing: routers.Routing, x_TH: torch.Tensor) -> Plan:
+    def plan(self, routing: routers.Routing, x_TH: torch.Tensor, layout: str | None = None) -> Plan:
+        """The dispatch plan; `layout` None picks `preferred_layout`."""
         capacity = self.capacity(x_TH.shape[0])
         return self.backend.build_plan(
             routing, capacity_factor=None, capacity=capacity, drop_policy=self.config.drop_policy,
-            renormalize_kept=self.config.renormalize_kept, layout=preferred_layout(capacity, x_TH, self.w1_EHF),
+            renormalize_kept=self.config.renormalize_kept, layout=layout or preferred_layout(capacity, x_TH, self.w1_EHF),
         )
 
     def expert_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
