@@ -26,10 +26,16 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import moe_routing_bench as mrb
+from moe_routing_bench.harness import commands, ep_bench
 from moe_routing_bench.routing import expert_parallel as ep_mod
 
 ATOL, RTOL = 2e-5, 1e-5
 H, F, E = 16, 32, 8
+
+
+BENCH_ARGS = ["bench-ep", "--num-tokens", "64", "--hidden-dim", "32", "--ffn-dim", "32", "--num-experts", "8",
+              "--top-k", "2", "--dtype", "float32", "--device", "cpu", "--warmup", "0", "--iters", "2",
+              "--workloads", "uniform,hot", "--overlap-chunks", "1,2"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,7 @@ def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """max over elements of |a - b| / (ATOL + RTOL |b|): <= 1 passes."""
     if a.numel() == 0 and b.numel() == 0:
         return 0.0
+    a, b = a.detach(), b.detach()
     return float(((a.float() - b.float()).abs() / (ATOL + RTOL * b.float().abs())).max())
 
 
@@ -188,7 +195,7 @@ def _run_training(rank: int, world: int, groups, capacity_factor, use_ddp: bool,
         ref_norms.append(float(torch.nn.utils.clip_grad_norm_(ref.parameters(), max_norm)))
         ref_opt.step()
         ref_opt.zero_grad()
-        ref_losses.append(float(ref_loss))
+        ref_losses.append(ref_loss.item())
 
         loss = fwd(*_batch(step, rank))
         loss.backward()
@@ -218,6 +225,9 @@ def _worker(rank: int, world: int, port: int, out_path: str) -> None:
             for cf in (None, 1.0):
                 results[f"train-ep{P}-cf{cf}"] = _run_training(rank, world, groups_by_ep[P], cf, use_ddp=False)
         results[f"train-ep{world}-ddp"] = _run_training(rank, world, groups_by_ep[world], 1.0, use_ddp=True)
+        if world == 2:  # bench-ep inside the existing world (torchrun's path minus the process start)
+            args = commands.build_parser().parse_args(BENCH_ARGS + ["--out", out_path + ".bench.jsonl"])
+            ep_bench.run(args)
         gathered = [None] * world
         dist.all_gather_object(gathered, results)
         if rank == 0:
@@ -299,3 +309,120 @@ def test_source_to_expert_major_is_the_permutation():
     # source-major rows: s0e0 s0e0 s0e2 s1e0 s1e1 s1e1 s1e1 -> expert-major: e0(s0 s0 s1) e1(s1 s1 s1) e2(s0)
     idx = ep_mod.source_to_expert_major(counts, 7)
     assert idx.tolist() == [0, 1, 3, 4, 5, 6, 2]
+
+
+def _check_bench_records(recs: list[dict], world: int) -> None:
+    assert [r["workload"] for r in recs] == ["uniform", "hot"]
+    for r in recs:
+        assert r["world_size"] == world and r["expert_parallel"] == world and r["host_syncs_per_layer"] == 1
+        assert r["name"] == f"ep_layer_ep{world}_dp1" and r["median_us"] == pytest.approx(r["fwd_ms"] * 1e3)
+        for phase in ep_bench.PHASES:
+            assert r[f"{phase}_ms"] > 0
+        assert r["fwd_ms_chunks2"] > 0 and r["fwd_bwd_ms"] > 0
+        assert r["dispatch_bytes_per_rank"] == 64 * 2 * 32 * 4  # dropless: every assignment's row, float32
+        assert r["a2a_bytes_per_rank"] >= r["dispatch_bytes_per_rank"] and r["dispatch_pct_of_a2a"] > 0
+        assert r["device"] == "cpu" and r["git_commit"] and "bench-ep" not in r.get("workloads", "")
+
+
+def test_bench_ep_on_two_gloo_ranks(tmp_path_factory):
+    _results(2, tmp_path_factory)
+    path = next(tmp_path_factory.getbasetemp().glob("ep2*/results.json.bench.jsonl"))
+    recs = mrb.read_jsonl(path)
+    _check_bench_records(recs, 2)
+    assert recs[1]["recv_rows_max_over_mean"] > recs[0]["recv_rows_max_over_mean"]  # hot: one rank gets more
+
+
+@pytest.fixture
+def world_of_one():
+    assert not dist.is_initialized()
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield ep_mod.expert_parallel_groups(1)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("cf", [None, 1.0])
+def test_world_of_one_is_the_single_layer(world_of_one, cf):
+    torch.manual_seed(3)
+    full = mrb.MoELayer(mrb.MoEConfig(H, F, E, 2, capacity_factor=cf))
+    layer = mrb.shard_experts(full, world_of_one, overlap_chunks=2)
+    assert isinstance(layer, mrb.ExpertParallelMoELayer) and layer is not full
+    x = torch.randn(40, H)
+    grads = []
+    for m in (full, layer):
+        xi = x.clone().requires_grad_(True)
+        out, _ = m(xi)
+        out.backward(torch.ones_like(out))
+        grads.append((out, xi.grad, m.w1_EHF.grad, m.router.weight.grad))
+    for a, b in zip(*grads):
+        assert _max_err(b, a) <= 1.0
+
+
+def test_bench_ep_world_of_one_writes_records(tmp_path):
+    out = tmp_path / "ep.jsonl"
+    assert commands.main(BENCH_ARGS + ["--out", str(out)]) == 0
+    recs = mrb.read_jsonl(out)
+    _check_bench_records(recs, 1)
+    assert all(r["overhead_fwd"] > 0 and r["single_fwd_bwd_ms"] > 0 for r in recs)  # the single-GPU layer baseline
+    assert not dist.is_initialized()  # the world of one it made is gone
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--hidden-dim", "4"], "hidden-dim"),
+    (["--overlap-chunks", "0"], "overlap-chunks"),
+    (["--capacity-factor", "lots"], "capacity-factor"),
+    (["--workloads", "spiky"], "workload"),
+    (["--num-experts", "6", "--expert-parallel", "4"], "world size"),
+])
+def test_bench_ep_bad_input_is_one_line_exit_2(flags, message, capsys, tmp_path):
+    assert commands.main(BENCH_ARGS + flags + ["--out", str(tmp_path / "x.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("moe-bench: error:") and message in err
+    assert not (tmp_path / "x.jsonl").exists() and not dist.is_initialized()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cf", [None, 1.25])
+def test_world_of_one_on_gpu_bf16_syncs_the_host_once(cf):
+    """On CUDA (NCCL world of one): the EP layer equals the single layer in bf16, and its forward makes
+    exactly one synchronising call (the split sizes), its backward none."""
+    import warnings
+
+    device = torch.device("cuda", 0)
+    created = ep_bench.init_distributed(device)
+    try:
+        torch.manual_seed(0)
+        full = mrb.MoELayer(mrb.MoEConfig(256, 512, 16, 2, capacity_factor=cf)).to(device, torch.bfloat16)
+        layer = ep_mod.ExpertParallelMoELayer.from_full(full, ep_mod.expert_parallel_groups(1), overlap_chunks=2)
+        x = torch.randn(1024, 256, device=device, dtype=torch.bfloat16)
+        got = []
+        for m in (full, layer):
+            xi = x.clone().requires_grad_(True)
+            out, _ = m(xi)
+            out.float().square().mean().backward()
+            got.append((out.float(), xi.grad.float(), m.w1_EHF.grad.float()))
+        for a, b in zip(*got):
+            torch.testing.assert_close(b, a, atol=2e-2, rtol=2e-2)
+        torch.cuda.synchronize()
+        xi = x.clone().requires_grad_(True)
+        with warnings.catch_warnings(record=True) as fwd_w:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                out, _ = layer(xi)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        with warnings.catch_warnings(record=True) as bwd_w:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                out.float().square().mean().backward()
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        syncs = [str(w.message) for w in fwd_w if "synchroniz" in str(w.message).lower()]
+        assert len(syncs) == 1, syncs
+        assert not [w for w in bwd_w if "synchroniz" in str(w.message).lower()]
+    finally:
+        if created:
+            dist.destroy_process_group()

@@ -259,8 +259,10 @@ class ExpertParallelMoELayer(MoELayer):
         if M == 0:  # no rows for these experts: zero gradients, but the weights stay in the graph
             return recv_MH + (w1.sum() + w2.sum()) * 0
         counts_PL = ex.recv_counts_PL[:, a:b]
-        order_M = source_to_expert_major(counts_PL, M)
         ends_L = torch.cumsum(counts_PL.sum(0), 0).to(torch.int32)
+        if counts_PL.shape[0] == 1:  # one source: its rows are already expert-major
+            return ragged_expert_ffn(recv_MH, w1, w2, ends_L)
+        order_M = source_to_expert_major(counts_PL, M)
         y_MH = ragged_expert_ffn(_GatherRows.apply(recv_MH, order_M), w1, w2, ends_L)
         return _GatherRows.apply(y_MH, _inverse_permutation(order_M))
 
