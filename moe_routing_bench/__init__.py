@@ -11,7 +11,7 @@ torch, never triton or matplotlib.
 from .harness.cases import STAGES, Case, bench_stages, make_inputs, stage_callables
 from .harness.records import append_jsonl, environment, read_jsonl, write_atomic
 from .harness.timing import Timing, copy_bandwidth, matmul_flops, measure
-from .routing import metrics
+from .routing import expert_parallel, metrics
 from .routing.backends import BACKENDS, Backend, available_backends, backend_unavailable_reason, get_backend
 from .routing.dispatch import combine, pack
 from .routing.expert_parallel import (ExpertParallelGroups, ExpertParallelMoELayer, expert_parallel_groups, moe_layer,
@@ -29,7 +29,7 @@ __all__ = [
     "ExpertParallelMoELayer", "MoEAux", "MoEConfig", "MoELayer", "Plan",
     "Routing", "Timing", "append_jsonl", "available_backends", "backend_unavailable_reason", "balance_loss",
     "bench_stages", "build_plan", "canonical_strategy", "capacity", "combine", "copy_bandwidth",
-    "environment", "expert_parallel_groups", "get_backend", "make_inputs", "matmul_flops", "measure", "metrics", "moe_layer", "pack",
+    "environment", "expert_parallel", "expert_parallel_groups", "get_backend", "make_inputs", "matmul_flops", "measure", "metrics", "moe_layer", "pack",
     "parse_dtype", "read_jsonl", "route", "shard_experts", "stage_callables", "update_aux_free_bias", "write_atomic",
     "z_loss",
 ]

@@ -210,7 +210,34 @@ def _run_training(rank: int, world: int, groups, capacity_factor, use_ddp: bool,
     lo = groups.ep_rank * L
     err = max(_max_err(q.detach(), (p[lo:lo + L] if n.endswith(("w1_EHF", "w2_EFH")) else p).detach())
               for (n, p), q in zip(ref.named_parameters(), model.parameters()))
-    return {"ref_losses": ref_losses, "ep_losses": ep_losses, "param_err": err, "ref_grad_norms": ref_norms}
+    return {"ref_losses": ref_losses, "ep_losses": ep_losses, "param_err": err, "ref_grad_norms": ref_norms,
+            "checkpoint_err": _checkpoint_roundtrip(ref, model, groups, capacity_factor)}
+
+
+def _checkpoint_roundtrip(ref: nn.Module, model: nn.Module, groups, capacity_factor) -> float:
+    """The sharded model's full state equals the unsharded model's; Adam state survives a save at one
+    EP size and a load at another (here: into a fresh shard of the same size and into the full model)."""
+    full = ep_mod.full_state_dict(model, groups)
+    err = max(_max_err(full[k], v) for k, v in ref.state_dict().items())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.loss(*_batch(9, groups.ep_rank)).backward()
+    ep_mod.reduce_gradients(model, groups)
+    opt.step()  # Adam moments now exist, expert ones sharded
+    opt_state = ep_mod.full_optimizer_state_dict(opt, model, groups)
+    twin = ep_mod.shard_experts(TinyMoE(capacity_factor), groups)
+    ep_mod.load_full_state_dict(twin, ep_mod.full_state_dict(model, groups), groups)
+    err = max([err] + [_max_err(q, p) for p, q in zip(model.parameters(), twin.parameters())])
+    twin_opt = torch.optim.AdamW(twin.parameters(), lr=1e-3)
+    ep_mod.load_full_optimizer_state_dict(twin_opt, opt_state, twin, groups)
+    for a, b in zip(opt.state_dict()["state"].values(), twin_opt.state_dict()["state"].values()):
+        err = max(err, _max_err(a["exp_avg"], b["exp_avg"]), _max_err(a["exp_avg_sq"], b["exp_avg_sq"]))
+    single = TinyMoE(capacity_factor)
+    single.load_state_dict(ep_mod.full_state_dict(twin, groups))
+    single_opt = torch.optim.AdamW(single.parameters(), lr=1e-3)
+    single_opt.load_state_dict(opt_state)  # the unsharded optimizer takes the gathered state as it is
+    for (n, p), q in zip(single.named_parameters(), twin.parameters()):
+        err = max(err, _max_err(ep_mod._shard_dim0(p, groups) if n.endswith(("w1_EHF", "w2_EFH")) else p, q))
+    return err
 
 
 def _worker(rank: int, world: int, port: int, out_path: str) -> None:
@@ -293,6 +320,7 @@ def test_ep_training_equals_single_process_training(world, key, tmp_path_factory
     for res in per_rank:
         assert res["ep_losses"] == pytest.approx(res["ref_losses"], rel=1e-5, abs=1e-6)
         assert res["param_err"] <= 1.0
+        assert res["checkpoint_err"] <= 1.0
         assert res["ref_losses"][-1] != res["ref_losses"][0]  # the steps changed the model
     assert max(per_rank[0]["ref_grad_norms"]) > 0.05  # clipping was active, so the global norm was tested
 

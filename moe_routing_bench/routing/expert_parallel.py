@@ -49,7 +49,8 @@ from .validation import ConfigError, check_positive
 
 __all__ = [
     "ExchangePlan", "ExpertParallelGroups", "ExpertParallelMoELayer", "clip_grad_norm_", "ddp_ignore_expert_parameters",
-    "expert_parallel_groups", "expert_parameter_names", "moe_layer", "reduce_gradients", "shard_experts",
+    "expert_parallel_groups", "expert_parameter_names", "full_optimizer_state_dict", "full_state_dict",
+    "load_full_optimizer_state_dict", "load_full_state_dict", "moe_layer", "reduce_gradients", "shard_experts",
 ]
 
 
@@ -392,3 +393,66 @@ def clip_grad_norm_(module: nn.Module, max_norm: float, groups: ExpertParallelGr
         if p.grad is not None:
             p.grad.mul_(coef.to(p.grad.dtype))
     return total
+
+
+# --------------------------------------------------------------------------------------- checkpoints
+# A sharded model saves and loads the state of the unsharded one, so checkpoints are interchangeable
+# between expert-parallel sizes (and with single-process runs). Every rank of the EP group must call
+# these (they gather over it); any one of them may write the result.
+def _gather_dim0(t: torch.Tensor, groups: ExpertParallelGroups) -> torch.Tensor:
+    if groups.ep_size == 1:
+        return t.detach().clone()
+    parts = [torch.empty_like(t) for _ in range(groups.ep_size)]
+    dist.all_gather(parts, t.detach().contiguous(), group=groups.ep_group)
+    return torch.cat(parts)
+
+
+def _shard_dim0(t: torch.Tensor, groups: ExpertParallelGroups) -> torch.Tensor:
+    L = t.shape[0] // groups.ep_size
+    return t[groups.ep_rank * L:(groups.ep_rank + 1) * L]
+
+
+def full_state_dict(module: nn.Module, groups: ExpertParallelGroups) -> dict:
+    """`module.state_dict()` with every expert shard gathered: the unsharded model's state dict."""
+    experts = set(expert_parameter_names(module))
+    return {k: _gather_dim0(v, groups) if k in experts else v for k, v in module.state_dict().items()}
+
+
+def load_full_state_dict(module: nn.Module, state: dict, groups: ExpertParallelGroups) -> None:
+    """Load an unsharded model's state dict into the sharded `module` (this rank's experts only)."""
+    experts = set(expert_parameter_names(module))
+    module.load_state_dict({k: _shard_dim0(v, groups) if k in experts else v for k, v in state.items()})
+
+
+def _expert_state_keys(optimizer: torch.optim.Optimizer, module: nn.Module) -> dict[int, torch.Size]:
+    """Optimizer state-dict index -> shape of the expert parameters (indices follow param_groups order)."""
+    _, expert_params = _split_parameters(module)
+    expert = {id(p) for p in expert_params}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    return {i: p.shape for i, p in enumerate(params) if id(p) in expert}
+
+
+def full_optimizer_state_dict(optimizer: torch.optim.Optimizer, module: nn.Module, groups: ExpertParallelGroups) -> dict:
+    """`optimizer.state_dict()` with the expert parameters' per-element states (Adam's moments) gathered."""
+    state = optimizer.state_dict()
+    shapes = _expert_state_keys(optimizer, module)
+    gathered = {}
+    for i, s in state["state"].items():
+        if i in shapes:
+            s = {k: _gather_dim0(v, groups) if torch.is_tensor(v) and v.shape == shapes[i] else v for k, v in s.items()}
+        gathered[i] = s
+    return {**state, "state": gathered}
+
+
+def load_full_optimizer_state_dict(optimizer: torch.optim.Optimizer, state: dict, module: nn.Module,
+                                   groups: ExpertParallelGroups) -> None:
+    """Load a state dict of the unsharded model's optimizer into this rank's (its experts' slices)."""
+    shapes = _expert_state_keys(optimizer, module)
+    sharded = {}
+    for i, s in state["state"].items():
+        i = int(i)
+        if i in shapes:
+            full = torch.Size([shapes[i][0] * groups.ep_size, *shapes[i][1:]])
+            s = {k: _shard_dim0(v, groups) if torch.is_tensor(v) and v.shape == full else v for k, v in s.items()}
+        sharded[i] = s
+    optimizer.load_state_dict({**state, "state": sharded})
