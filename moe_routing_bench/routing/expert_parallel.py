@@ -238,12 +238,10 @@ class ExpertParallelMoELayer(MoELayer):
         num_send = sum(map(sum, send_CP))
         order = None
         if C > 1:  # chunk-major send order: chunk, then destination, then expert (a stable sort of the packed rows)
-            device = send_E.device
-            expert_N = torch.repeat_interleave(torch.arange(E, device=device), send_E, output_size=num_send)
-            chunk_L = torch.repeat_interleave(torch.arange(C, device=device),
-                                              torch.tensor([b - a for a, b in zip(bounds, bounds[1:])], device=device),
-                                              output_size=L)
-            order = torch.argsort(chunk_L[expert_N % L] * P + expert_N // L, stable=True)
+            expert_N = torch.repeat_interleave(torch.arange(E, device=send_E.device), send_E, output_size=num_send)
+            local_N = expert_N % L
+            chunk_N = ((local_N + 1) * C + L - 1) // L - 1  # the c with bounds[c] <= local < bounds[c+1]
+            order = torch.argsort(chunk_N * P + expert_N // L, stable=True)
         return ExchangePlan(bounds, tuple(map(tuple, send_CP)), tuple(map(tuple, recv_CP)), plan.num_rows,
                             recv_PL, order)
 
