@@ -348,15 +348,17 @@ def ddp_ignore_expert_parameters(module: nn.Module) -> None:
 
 
 def _all_reduce_scaled(params: list[nn.Parameter], group, scale: float) -> None:
+    """grad = scale * (sum of grad over `group`); group None: a group of one (scale only)."""
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
     for p in params:
         by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
-    for grads in by_dtype.values():  # one collective per dtype
+    for grads in by_dtype.values():  # one collective per dtype (none for a group of one: only the scale)
         flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat, group=group)
+        if group is not None:
+            dist.all_reduce(flat, group=group)
         flat.mul_(scale)
         for g, part in zip(grads, flat.split([g.numel() for g in grads])):
             g.copy_(part.view_as(g))
@@ -365,11 +367,13 @@ def _all_reduce_scaled(params: list[nn.Parameter], group, scale: float) -> None:
 def reduce_gradients(module: nn.Module, groups: ExpertParallelGroups, *, dense: bool = True) -> None:
     """After backward: dense gradients averaged over the world (skip with dense=False when DDP did it);
     expert gradients summed over the DP group and divided by the world size (see the module docstring)."""
+    if groups.world_size == 1:
+        return
     dense_params, expert_params = _split_parameters(module)
-    if dense and groups.world_size > 1:
+    if dense:
         _all_reduce_scaled(dense_params, dist.group.WORLD, 1.0 / groups.world_size)
     if expert_params:
-        _all_reduce_scaled(expert_params, groups.dp_group, 1.0 / groups.world_size)
+        _all_reduce_scaled(expert_params, groups.dp_group if groups.dp_size > 1 else None, 1.0 / groups.world_size)
 
 
 def clip_grad_norm_(module: nn.Module, max_norm: float, groups: ExpertParallelGroups) -> torch.Tensor:
