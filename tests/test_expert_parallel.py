@@ -393,6 +393,10 @@ def test_bench_ep_world_of_one_writes_records(tmp_path):
     recs = mrb.read_jsonl(out)
     _check_bench_records(recs, 1)
     assert all(r["overhead_fwd"] > 0 and r["single_fwd_bwd_ms"] > 0 for r in recs)  # the single-GPU layer baseline
+    from moe_routing_bench.suite import store
+
+    (series,) = store.jsonl_series(recs)  # what `suite.store jsonl` exports into the result store
+    assert sorted(series.values.values()) == pytest.approx(sorted(r["median_us"] for r in recs))  # one per workload
     assert not dist.is_initialized()  # the world of one it made is gone
 
 
