@@ -35,7 +35,7 @@ H, F, E = 16, 32, 8
 
 BENCH_ARGS = ["bench-ep", "--num-tokens", "64", "--hidden-dim", "32", "--ffn-dim", "32", "--num-experts", "8",
               "--top-k", "2", "--dtype", "float32", "--device", "cpu", "--warmup", "0", "--iters", "2",
-              "--workloads", "uniform,hot", "--overlap-chunks", "1,2"]
+              "--workloads", "uniform,hot", "--overlap-chunks", "1,2", "--check"]
 
 
 @dataclass(frozen=True)
@@ -349,7 +349,9 @@ def _check_bench_records(recs: list[dict], world: int) -> None:
         assert r["fwd_ms_chunks2"] > 0 and r["fwd_bwd_ms"] > 0
         assert r["dispatch_bytes_per_rank"] == 64 * 2 * 32 * 4  # dropless: every assignment's row, float32
         assert r["a2a_bytes_per_rank"] >= r["dispatch_bytes_per_rank"] and r["dispatch_pct_of_a2a"] > 0
-        assert r["device"] == "cpu" and r["git_commit"] and "bench-ep" not in r.get("workloads", "")
+        assert r["device"] == "cpu" and r["git_commit"] and "workloads" not in r
+        assert r["check_passed"] and r["check_tolerance"] == 1e-4
+        assert 0 <= r["check_out_rel_err"] <= 1e-5 and r["check_w2_grad_rel_err"] <= 1e-5  # float32: rounding only
 
 
 def test_bench_ep_on_two_gloo_ranks(tmp_path_factory):
@@ -458,3 +460,13 @@ def test_world_of_one_on_gpu_bf16_syncs_the_host_once(cf):
     finally:
         if created:
             dist.destroy_process_group()
+
+
+def test_bench_ep_check_fails_loudly(monkeypatch, capsys):
+    """--check catches an EP layer that drifts from the single layer (here: expert outputs scaled by 1.01)."""
+    original = ep_mod.ExpertParallelMoELayer.local_experts
+    monkeypatch.setattr(ep_mod.ExpertParallelMoELayer, "local_experts", lambda self, *a, **k: original(self, *a, **k) * 1.01)
+    with pytest.raises(SystemExit) as exc:
+        commands.main(BENCH_ARGS + ["--workloads", "uniform", "--overlap-chunks", "1", "--single-baseline", "off"])
+    assert exc.value.code == 1
+    assert "bench-ep --check failed" in capsys.readouterr().err and not dist.is_initialized()

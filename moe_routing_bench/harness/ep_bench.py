@@ -18,11 +18,15 @@ Bandwidth: dispatch_GBps = mean bytes a rank sends / the dispatch time; the ceil
 pct_of_a2a = dispatch_GBps / a2a_GBps. Bus bandwidth (nccl-tests' convention) is algbw * (P-1)/P.
 World size 1: overhead_fwd / overhead_fwd_bwd = the EP layer's time over the single-GPU `MoELayer`'s
 on the same tokens and weights (the single-layer baseline runs by default at world size 1 only).
+--check first compares the EP layer with the single layer holding every expert on every rank
+(check_*_rel_err = max |ep - ref| / max |ref|, worst rank) and exits 1 beyond the dtype's tolerance.
+Records: name `ep_layer_ep{P}_dp{D}`, median_us (and avg_ms) = the forward, what suite.store exports.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -60,6 +64,7 @@ class EPBenchConfig:
     expert_parallel: int  # 0: the world
     overlap_chunks: tuple[int, ...]
     single_baseline: str  # auto | on | off
+    check: bool
     seed: int
     warmup: int
     iters: int
@@ -84,6 +89,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlap-chunks", default="1,2", help="comma-separated chunk counts timed for the whole layer")
     p.add_argument("--single-baseline", default="auto", choices=("auto", "on", "off"),
                    help="also time the single-GPU MoELayer on the same tokens (auto: at world size 1)")
+    p.add_argument("--check", action="store_true",
+                   help="first compare the EP layer with the single-GPU MoELayer holding every expert (same weights "
+                        "and tokens), forward and backward, on every rank; exit 1 if they differ beyond the dtype's tolerance")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (cuda:LOCAL_RANK under torchrun)")
     p.add_argument("--dist-backend", default="auto", help="auto (nccl on cuda, gloo on cpu) | nccl | gloo")
     p.add_argument("--seed", type=int, default=17)
@@ -132,7 +140,7 @@ def config_from_args(args) -> EPBenchConfig:
         args.num_tokens, args.hidden_dim, args.ffn_dim, args.num_experts, 1 if strategy == "top1" else args.top_k,
         str(parse_dtype(args.dtype)).replace("torch.", ""), names, strategy, cf, args.drop_policy, args.backend,
         args.expert_parallel, _int_list(args.overlap_chunks, "--overlap-chunks"), args.single_baseline,
-        args.seed, args.warmup, args.iters)
+        args.check, args.seed, args.warmup, args.iters)
 
 
 # ------------------------------------------------------------------------------------- distributed
@@ -235,6 +243,42 @@ def _time_layer(layer, x, ids, grad_out, device, cfg) -> tuple[Timing, Timing]:
         out.backward(grad_out)
 
     return fwd, measure_collective(fwd_bwd, device, cfg.warmup, cfg.iters)
+
+
+CHECK_TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 5e-3}  # max |ep - ref| / max |ref| per tensor
+
+
+def check_against_single(cfg: EPBenchConfig, groups: ExpertParallelGroups, device: torch.device, workload: str) -> dict:
+    """The EP layer against `MoELayer` with every expert, the same weights and this rank's tokens: forward,
+    input and router gradients, and expert-weight gradients (the single layer's summed over the EP
+    group). Errors are max |ep - ref| / max |ref|, the worst over ranks."""
+    dtype = parse_dtype(cfg.dtype)
+    torch.manual_seed(cfg.seed)
+    with torch.device(device):
+        full = MoELayer(_layer_config(cfg, 1)).to(dtype)
+    _identity_router(full)
+    layer = ExpertParallelMoELayer.from_full(full, groups)
+    x, ids = _inputs(cfg, workload, dist.get_rank(), device)
+    grad_out = torch.randn_like(x)
+    got = {}
+    for name, module in (("ref", full), ("ep", layer)):
+        xi = x.detach().clone().requires_grad_(True)
+        out, _ = module(xi, ids)
+        out.backward(grad_out)
+        got[name] = {"out": out.detach(), "x_grad": xi.grad, "router_grad": module.router.weight.grad,
+                     "w1_grad": module.w1_EHF.grad, "w2_grad": module.w2_EFH.grad}
+    L, lo = layer.num_local_experts, layer.expert_offset
+    for w in ("w1_grad", "w2_grad"):
+        dist.all_reduce(got["ref"][w], group=groups.ep_group)
+        got["ref"][w] = got["ref"][w][lo:lo + L]
+    names = list(got["ref"])
+    errs = [float((got["ep"][n].float() - got["ref"][n].float()).abs().max() / got["ref"][n].float().abs().max().clamp_min(1e-30))
+            for n in names]
+    worst = _max_over_ranks(errs, device)
+    del full, layer, got
+    tolerance = CHECK_TOLERANCE[cfg.dtype]
+    return {"check_tolerance": tolerance, "check_passed": max(worst) <= tolerance,
+            **{f"check_{n}_rel_err": e for n, e in zip(names, worst)}}
 
 
 def bench_workload(cfg: EPBenchConfig, groups: ExpertParallelGroups, device: torch.device, workload: str) -> dict:
@@ -356,8 +400,13 @@ def run(args) -> None:
         groups = expert_parallel_groups(P)
         env = records.environment(device)
         out = []
+        failed = []
         for workload in cfg.workloads:
-            rec = {**bench_workload(cfg, groups, device, workload), **env, "warmup": cfg.warmup, "iters": cfg.iters}
+            check = check_against_single(cfg, groups, device, workload) if cfg.check else {}
+            if check and not check["check_passed"]:
+                failed.append(workload)
+            rec = {**bench_workload(cfg, groups, device, workload), **check, **env,
+                   "warmup": cfg.warmup, "iters": cfg.iters}
             out.append(rec)
             if rank == 0:
                 print(f"done {workload}: fwd {rec['fwd_ms']:.3f} ms, dispatch {rec['dispatch_pct_of_a2a']:.0f}% "
@@ -369,6 +418,13 @@ def run(args) -> None:
             if args.out:
                 records.append_jsonl(args.out, out)
                 print(f"wrote {len(out)} records to {args.out}")
+        if failed:
+            worst = {w: {k: v for k, v in r.items() if k.startswith("check_") and k.endswith("_err")}
+                     for w, r in zip(cfg.workloads, out) if w in failed}
+            if rank == 0:
+                print(f"moe-bench: bench-ep --check failed: the EP layer differs from the single-GPU layer beyond "
+                      f"{CHECK_TOLERANCE[cfg.dtype]} (max |ep - ref| / max |ref|): {worst}", file=sys.stderr)
+            raise SystemExit(1)
     finally:
         if created:
             dist.destroy_process_group()
