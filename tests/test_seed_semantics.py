@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 import moe_routing_bench as mrb
 from moe_routing_bench.routing import metrics, routers
@@ -274,3 +275,45 @@ def test_training_statistics_both_conventions_and_per_layer():
     idx = torch.randint(0, 16, (2, 8))
     _, _, stats, _ = step(idx, idx)
     assert stats.shape == (2, n) and torch.isfinite(stats).all()
+
+
+# ------------------------------------------------------------------------------- random cases vs loops
+def _expert_choice_loop(logits, k, cf):
+    """The older tool's expert-choice written token by token in plain Python (no ties in the input)."""
+    T, E = len(logits), len(logits[0])
+    c = min(math.ceil(cf * T * k / E - 1e-9), T, 64)
+    picks = [set() for _ in range(T)]
+    for e in range(E):
+        for t in sorted(range(T), key=lambda t: -logits[t][e])[:c]:
+            picks[t].add(e)
+    ids, gates = [], []
+    for t in range(T):
+        pool = picks[t] or set(range(E))
+        best = sorted(pool, key=lambda e: -logits[t][e])[:k]
+        rest = [e for e in range(E) if e not in best]
+        z = [math.exp(logits[t][e]) for e in best]
+        ids.append(best + rest[:k - len(best)])
+        gates.append([v / sum(z) for v in z] + [0.0] * (k - len(best)))
+    return ids, gates
+
+
+@settings(max_examples=25, deadline=None)
+@given(T=st.integers(1, 40), E=st.integers(2, 9), k=st.integers(1, 3), cf=st.sampled_from([0.25, 0.5, 1.0, 1.25]),
+       seed=st.integers(0, 2**16))
+def test_seed_expert_choice_matches_a_per_token_loop(T, E, k, cf, seed):
+    k = min(k, E)
+    logits = torch.randn(T, E, generator=torch.Generator().manual_seed(seed))
+    r = route(logits, "expert-choice", k, capacity_factor=cf, seed_semantics=("expert_choice",))
+    ids, gates = _expert_choice_loop(logits.tolist(), k, cf)
+    assert r.expert_ids_TK.tolist() == ids
+    torch.testing.assert_close(r.weights_TK, torch.tensor(gates), rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=20, deadline=None)
+@given(T=st.integers(1, 3000), E=st.integers(1, 130), k=st.integers(1, 4))
+def test_seed_hash_matches_the_formula_in_python_integers(T, E, k):
+    k = min(k, E)
+    ids = routers.seed_hash_experts(T, E, k)
+    for t in (0, T // 2, T - 1):
+        base = (t * 1315423911 + 2654435761) % E
+        assert ids[t].tolist() == [(base + j * 97) % E for j in range(k)]
