@@ -13,7 +13,8 @@ from moe_routing_bench.routing.plan import build_plan
 from moe_routing_bench.routing.routers import SEED_FACTORS, route, seed_balance_loss, seed_renormalize_kept
 
 LOGITS = torch.tensor([[1.0, 2.0, 0.0, -1.0], [3.0, 3.0, 1.0, 3.0], [0.0, 0.0, 0.0, 0.5]])
-SIG = 1 / (1 + math.exp(-2.0))  # softmax([a, a - 2]) = [SIG, 1 - SIG]
+SIG = 1 / (1 + math.exp(-2.0))
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # softmax([a, a - 2]) = [SIG, 1 - SIG]
 
 
 def test_factor_names_validated_and_exported():
@@ -199,9 +200,10 @@ def test_router_bias_and_init_std():
     ("top1", 1, "top1_gate"), ("topk-hard", 2, "topk_hard_weights"), ("hash", 2, "hash_key"),
     ("expert-choice", 2, "expert_choice"),
 ])
-def test_every_backend_routes_the_seed_variants_alike(strategy, k, factor):
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_backend_routes_the_seed_variants_alike(strategy, k, factor, device):
     g = torch.Generator().manual_seed(1)
-    logits = torch.randn(40, 8, generator=g)
+    logits = torch.randn(40, 8, generator=g).to(device)
     logits[3] = logits[5]  # ties across tokens
     ref = route(logits, strategy, k, capacity_factor=1.0, seed_semantics=(factor,))
     for name in mrb.available_backends():
@@ -211,13 +213,14 @@ def test_every_backend_routes_the_seed_variants_alike(strategy, k, factor):
         assert got.causal_safe == ref.causal_safe
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_layer_seed_preset_same_on_backends(backend):
+def test_layer_seed_preset_same_on_backends(backend, device):
     if backend not in mrb.available_backends():
         pytest.skip(f"{backend} unavailable")
-    x = torch.randn(16, 8)
+    x = torch.randn(16, 8, device=device)
     outs = [
-        _layer(s, k, seed=SEED_FACTORS, cf=1.0, backend=b, renorm=True)(x)[0]
+        _layer(s, k, seed=SEED_FACTORS, cf=1.0, backend=b, renorm=True).to(device)(x)[0]
         for s, k in (("softk", 2), ("topk-hard", 2), ("top1", 1))
         for b in ("torch", backend)
     ]

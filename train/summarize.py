@@ -59,7 +59,7 @@ RECORD_MEANS = {
 METRICS = [
     "final_val_ppl", "final_val_loss", "best_val_ppl", "best_val_loss", "final_train_loss",
     "median_tokens_per_s", "median_tokens_per_s_per_rank", "median_tflops", "median_eff_tflops",
-    "median_bw_GiBps", *RECORD_MEANS, "train_time_s", "elapsed_s",
+    "median_bw_GiBps", "median_bw_GiBps_all_layers", *RECORD_MEANS, "train_time_s", "elapsed_s",
 ]
 QUALITY = ["final_val_ppl", "final_val_loss", "best_val_ppl", "best_val_loss"]
 COLUMNS = (["row_type", "run", "seed", "seeds", "n_seeds"] + KEY_COLUMNS
@@ -169,7 +169,9 @@ def load_run(run_dir: Path) -> dict | None:
         "median_tokens_per_s_per_rank": _median(r.get("tokens_per_s_per_rank") for r in records),
         "median_tflops": _median(r.get("tflops") for r in records),
         "median_eff_tflops": _median(r.get("eff_tflops") for r in records),
+        # one MoE layer's strict bytes (logs since issue 14; older logs: all layers), and all layers
         "median_bw_GiBps": _median(r.get("bw_GiBps_strict") for r in records),
+        "median_bw_GiBps_all_layers": _median(r.get("bw_GiBps_strict_all_layers") for r in records),
         **{col: _mean(r.get(key) for r in records) for col, key in RECORD_MEANS.items()},
         "train_time_s": (done or last).get("train_time_s"), "elapsed_s": (done or last).get("elapsed"),
         "log_path": str(log),
