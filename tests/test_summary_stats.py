@@ -142,3 +142,13 @@ def test_frontier_select_and_per_layer_curves(summary, tmp_path):
     curve = tmp_path / "curve.png"
     assert plot_curve.main(["--log", str(log), "--metrics", "load_cv_kept,load_cv_kept_per_layer", "--out", str(curve)]) == 0
     assert curve.stat().st_size > 1000
+
+
+def test_markdown_table(summary, tmp_path):
+    md = tmp_path / "table.md"
+    assert summarize.main(["--runs", str(tmp_path / "runs" / "*"), "--out", str(summary), "--markdown", str(md)]) == 0
+    lines = md.read_text().splitlines()
+    assert len(lines) == 2 + 6 and lines[0].count("|") == lines[1].count("|") == lines[2].count("|")
+    assert lines[2].startswith("| seed | seed | 10 | top1 |")  # the seed preset first, best first
+    softk = next(line for line in lines if line.startswith("| ours | ours | 10 | softk |"))
+    assert "| hash |" in softk and "3.014 ± 0.301" in softk

@@ -426,6 +426,29 @@ def print_table(rows: list[dict]) -> None:
               + f"  {(r.get('tied_with') or '-').replace(';', ', ')}")
 
 
+def _fmt(v, spec):
+    return "-" if v in (None, "") else format(float(v), spec)
+
+
+def markdown_table(rows: list[dict], metric: str = "final_val_ppl") -> str:
+    """The configurations as a Markdown table, one block per (semantics, recipe, steps), best first:
+    mean ± std and the 95% interval over seeds, the routers each is not distinguishable from."""
+    means = [r for r in rows if r["row_type"] == "mean"]
+    head = (f"| semantics | recipe | steps | router | cf | seeds | {metric} (mean ± std) | 95% interval | "
+            "not distinguishable from | drop rate | load_cv (pre-drop) | load_cv_kept | causal |")
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for r in sorted(means, key=lambda r: (r["semantics"] != "seed", r["semantics"], r["recipe"], str(r["max_steps"]),
+                                          str(r["capacity_factor"]), r.get(metric) is None, r.get(metric) or 0)):
+        m, sd, ci = r.get(metric), r.get(metric + "_std"), r.get(metric + "_ci95")
+        interval = "-" if None in (m, ci) else f"[{m - ci:.3f}, {m + ci:.3f}]"
+        lines.append(f"| {r['semantics']} | {r['recipe']} | {r['max_steps']} | {r['router']} | {r['capacity_factor']} | "
+                     f"{r['n_seeds']} | {_fmt(m, '.3f')} ± {_fmt(sd, '.3f')} | {interval} | "
+                     f"{(r.get('tied_with') or '-').replace(';', ', ')} | {_fmt(r.get('mean_drop_rate'), '.3f')} | "
+                     f"{_fmt(r.get('mean_load_cv'), '.3f')} | {_fmt(r.get('mean_load_cv_kept'), '.3f')} | "
+                     f"{'yes' if r['causal_safe'] else '**no**'} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", nargs="+", default=["runs/routing_sweep/*"], help="run folders (globs)")
@@ -439,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare", default="final_val_loss", choices=QUALITY,
                    help="column the routers are compared on (Welch's t-test over seeds)")
     p.add_argument("--level", type=float, default=0.05, help="significance level of the two-sided Welch test")
+    p.add_argument("--markdown", default=None, help="also write the configurations as a Markdown table here")
     args = p.parse_args(argv)
     if not 0 < args.level < 1:
         p.error(f"--level must be between 0 and 1, got {args.level}")
@@ -450,6 +474,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {sum(r['row_type'] == 'run' for r in rows)} runs and "
           f"{sum(r['row_type'] == 'mean' for r in rows)} configurations to {args.out}; pairwise Welch tests on "
           f"{args.compare} at level {args.level} to {pairs_path(args.out)}")
+    if args.markdown:
+        md = Path(args.markdown)
+        md.parent.mkdir(parents=True, exist_ok=True)
+        tmp = md.with_name(md.name + ".tmp")
+        # perplexity reads better; the ties come from the test on --compare (ppl = exp(loss), same order)
+        tmp.write_text(markdown_table(rows, args.compare.replace("_loss", "_ppl")))
+        tmp.replace(md)
+        print(f"wrote {md}")
     if args.export_asv:
         try:
             from moe_routing_bench.suite.store import export_training_summary  # noqa: F401
