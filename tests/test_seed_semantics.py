@@ -94,6 +94,7 @@ def test_seed_expert_choice_hand_computed():
     expected = torch.tensor([[1.0, 0.0], [SIG, 1 - SIG], [SIG, 1 - SIG], [0.5, 0.5]])
     torch.testing.assert_close(r.weights_TK, expected)
     assert r.valid_TK is None and not r.causal_safe
+    assert r.fallback_T.tolist() == [False, False, False, True]
     # then token-choice capacity C = ceil(0.5*4*2/3) = 2, token order: e1 gets t0 (the gate-0 slot), t1, then full
     plan = build_plan(r, capacity_factor=0.5)
     assert plan.capacity == 2
@@ -113,6 +114,7 @@ def test_seed_expert_choice_caps_each_expert_at_64_tokens():
     softk = route(logits, "softk", 2)
     same = (r.expert_ids_TK == softk.expert_ids_TK).all(-1) & torch.isclose(r.weights_TK, softk.weights_TK).all(-1)
     assert same.float().mean() >= 0.9375
+    assert r.fallback_T.float().mean() >= 0.9375 and torch.equal(r.fallback_T & ~same, torch.zeros_like(same))
 
 
 def test_seed_balance_loss_on_kept_counts_hand_computed():
@@ -320,3 +322,16 @@ def test_seed_hash_matches_the_formula_in_python_integers(T, E, k):
     for t in (0, T // 2, T - 1):
         base = (t * 1315423911 + 2654435761) % E
         assert ids[t].tolist() == [(base + j * 97) % E for j in range(k)]
+
+
+def test_fallback_rate_logged_for_seed_expert_choice_only():
+    from train.model import STAT_NAMES, routing_stats
+
+    col = STAT_NAMES.index("fallback_rate")
+    x = torch.randn(64, 8)
+    _, aux = _layer("expert-choice", 2, seed=("expert_choice",), cf=0.25)(x)  # each expert picks ceil(8) = 8 tokens
+    vec, _ = routing_stats(aux)
+    assert vec[col].item() == pytest.approx(aux.routing.fallback_T.float().mean().item())
+    assert 32 / 64 <= vec[col].item() < 1  # at most 4 * 8 of 64 tokens were picked
+    _, aux = _layer("expert-choice", 2, cf=1.0)(x)
+    assert routing_stats(aux)[0][col].item() == 0.0

@@ -50,6 +50,7 @@ STAT_NAMES = (
     "gate_entropy_selected",  # entropy of the k selected gates: the older tool's gate_entropy
     "mean_combine_weight",    # a token's total combine weight after drops (p_max for top1, k for seed topk-hard)
     "mean_top1_prob",         # largest router probability per token
+    "fallback_rate",          # the older tool's expert-choice: tokens no expert picked, routed as softk (else 0)
 )
 
 
@@ -250,7 +251,8 @@ def routing_stats(aux: MoEAux) -> tuple[torch.Tensor, torch.Tensor]:
                        drops["token_drop_rate"], unrouted, load["load_cv"], load["load_max_over_mean"],
                        entropy.detach(), metrics.load_cv_tensor(plan.kept_counts_E),
                        metrics.gate_entropy_selected(routing.weights_TK, routing.valid_TK),
-                       metrics.mean_combine_weight(plan.gate_TK), metrics.mean_top1_prob(routing.probs_TE)])
+                       metrics.mean_combine_weight(plan.gate_TK), metrics.mean_top1_prob(routing.probs_TE),
+                       torch.zeros_like(unrouted) if routing.fallback_T is None else routing.fallback_T.float().mean()])
     return vec, counts
 
 

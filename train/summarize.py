@@ -54,7 +54,8 @@ RECORD_MEANS = {
     "mean_drop_rate": "drop_rate", "mean_token_drop_rate": "token_drop_rate", "mean_unrouted_rate": "unrouted_rate",
     "mean_load_cv": "load_cv", "mean_load_cv_kept": "load_cv_kept", "mean_gate_entropy": "gate_entropy",
     "mean_gate_entropy_selected": "gate_entropy_selected", "mean_combine_weight": "mean_combine_weight",
-    "mean_top1_prob": "mean_top1_prob", "mean_balance_loss": "balance_loss", "mean_z_loss": "z_loss",
+    "mean_top1_prob": "mean_top1_prob", "mean_fallback_rate": "fallback_rate", "mean_balance_loss": "balance_loss",
+    "mean_z_loss": "z_loss",
 }
 METRICS = [
     "final_val_ppl", "final_val_loss", "best_val_ppl", "best_val_loss", "final_train_loss",

@@ -54,6 +54,7 @@ class Routing:
     probs_TE: torch.Tensor  # float32 router distribution over experts: balance loss and entropy
     valid_TK: torch.Tensor | None = None  # bool; None means every slot is an assignment
     causal_safe: bool = True
+    fallback_T: torch.Tensor | None = None  # bool; the older tool's expert-choice: routed as softk instead
 
     @property
     def num_tokens(self) -> int:
@@ -328,10 +329,11 @@ def seed_expert_choice(logits_TE: torch.Tensor, top_k: int, capacity_factor: flo
     chosen = torch.where(picked_TE, logits, torch.full_like(logits, float("-inf")))
     _, chosen_ids = topk_lowest_id(chosen.detach(), top_k)
     _, fallback_ids = topk_lowest_id(logits.detach(), top_k)
-    ids = torch.where(picked_TE.any(-1, keepdim=True), chosen_ids, fallback_ids)
-    scores = torch.where(picked_TE.any(-1, keepdim=True), chosen, logits).gather(-1, ids)
+    picked_T1 = picked_TE.any(-1, keepdim=True)
+    ids = torch.where(picked_T1, chosen_ids, fallback_ids)
+    scores = torch.where(picked_T1, chosen, logits).gather(-1, ids)
     weights = torch.softmax(scores, dim=-1)
-    return Routing(ids, weights, torch.softmax(logits, dim=-1), causal_safe=False)
+    return Routing(ids, weights, torch.softmax(logits, dim=-1), causal_safe=False, fallback_T=~picked_T1.squeeze(-1))
 
 
 def seed_balance_loss(kept_counts_E: torch.Tensor) -> torch.Tensor:
