@@ -28,6 +28,8 @@ def test_factor_names_validated_and_exported():
     with pytest.raises(mrb.ConfigError):
         route(LOGITS, "softk", 2, seed_semantics=("bogus",))
     assert MoEConfig(8, 16, 4, 2).seed_semantics == ()  # ours is the default
+    with pytest.raises(mrb.ConfigError, match="router_init_std"):
+        MoEConfig(8, 16, 4, 2, router_init_std=0.0)
 
 
 def test_seed_top1_weight_one_and_no_router_gradient():

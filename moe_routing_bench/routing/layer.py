@@ -18,6 +18,7 @@ from torch import nn
 from . import routers
 from .backends import get_backend
 from .plan import Plan
+from .validation import ConfigError
 
 
 def _grouped_mm_supported(x_RH: torch.Tensor, w_EHF: torch.Tensor) -> bool:
@@ -82,6 +83,8 @@ class MoEConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "seed_semantics", routers.check_seed_semantics(self.seed_semantics))
+        if self.router_init_std is not None and not self.router_init_std > 0:
+            raise ConfigError(f"router_init_std must be > 0 (or None for 0.1/sqrt(dim)), got {self.router_init_std!r}")
 
 
 @dataclass
@@ -151,7 +154,8 @@ class MoELayer(nn.Module):
         routing = self.backend.route(
             logits_TE, self.strategy, self.top_k, temperature=self.config.temperature, token_ids_T=token_ids_T,
             bias_E=self.bias_E, capacity_factor=self.config.capacity_factor,
-            seed_semantics=self.config.seed_semantics,
+            # only when set: a backend's route need not know the older tool's semantics to run ours
+            **({"seed_semantics": self.config.seed_semantics} if self.config.seed_semantics else {}),
         )
         return logits_TE, routing
 
@@ -159,7 +163,8 @@ class MoELayer(nn.Module):
         capacity = self.capacity(x_TH.shape[0])
         return self.backend.build_plan(
             routing, capacity_factor=None, capacity=capacity, drop_policy=self.config.drop_policy,
-            renormalize_kept=routers.seed_renormalize_kept(self.seed_factor, self.config.renormalize_kept), layout=preferred_layout(capacity, x_TH, self.w1_EHF),
+            renormalize_kept=routers.seed_renormalize_kept(self.seed_factor, self.config.renormalize_kept),
+            layout=preferred_layout(capacity, x_TH, self.w1_EHF),
         )
 
     def expert_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
