@@ -152,3 +152,18 @@ def test_markdown_table(summary, tmp_path):
     assert lines[2].startswith("| seed | seed | 10 | top1 |")  # the seed preset first, best first
     softk = next(line for line in lines if line.startswith("| ours | ours | 10 | softk |"))
     assert "| hash |" in softk and "3.014 ± 0.301" in softk
+
+
+def test_attribution_table(summary, tmp_path):
+    md = tmp_path / "attr.md"
+    assert summarize.main(["--runs", str(tmp_path / "runs" / "*"), "--out", str(summary), "--attribution", str(md)]) == 0
+    lines = md.read_text().splitlines()
+    top1 = [line for line in lines if line.startswith("| top1 |")]
+    assert top1[0].startswith("| top1 | 1.0 | 10 | seed/seed | (none: the preset) | 1.3000 ± 0.1000 | - |")
+    # balance loss flipped back to ours: +0.1, t = 0.1 / sqrt(2 * 0.01 / 3), df 4
+    flip = next(line for line in top1 if "seed (ours: balance_loss)/seed" in line)
+    assert "| balance_loss |" in flip and "| +0.1000 |" in flip and "| no |" in flip
+    ours = next(line for line in top1 if "| ours/ours |" in line)
+    assert "top1_gate, topk_hard_weights, hash_key, expert_choice, balance_loss, recipe" in ours
+    assert "| +0.8000 |" in ours and "| yes |" in ours
+    assert not any(line.startswith("| hash |") for line in lines)  # no seed preset for hash: nothing to attribute

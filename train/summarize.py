@@ -450,6 +450,40 @@ def markdown_table(rows: list[dict], metric: str = "final_val_ppl") -> str:
     return "\n".join(lines) + "\n"
 
 
+def attribution_table(rows: list[dict], metric: str = "final_val_loss", level: float = 0.05) -> str:
+    """Markdown: for each router (and every other key but semantics and recipe), the seed preset
+    (semantics ``seed``, recipe ``seed``) first, then each variant with what it flips back to ours,
+    its difference from the preset in `metric` and Welch's p: which factor moves a router, and how much."""
+    from moe_routing_bench import SEED_FACTORS
+
+    means = [r for r in rows if r["row_type"] == "mean" and r.get(metric) is not None]
+    groups: dict[tuple, list[dict]] = {}
+    for r in means:
+        groups.setdefault(tuple(str(r.get(k)) for k in KEY_COLUMNS if k not in SEMANTICS_KEYS), []).append(r)
+    head = (f"| router | cf | steps | variant | flipped to ours | {metric} (mean ± std) | Δ vs seed preset | "
+            f"Welch p | distinguishable at {level} |")
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for members in sorted(groups.values(), key=lambda m: (str(m[0]["router"]), str(m[0]["capacity_factor"]),
+                                                          str(m[0]["max_steps"]))):
+        base = next((r for r in members if r["semantics"] == "seed" and r["recipe"] == "seed"), None)
+        if base is None or len(members) < 2:
+            continue
+        for r in [base] + sorted((m for m in members if m is not base), key=lambda m: (m["semantics"], m["recipe"])):
+            factors = set(filter(None, str(r.get("seed_semantics") or "").split("+")))
+            flipped = [f for f in SEED_FACTORS if f not in factors] + (["recipe"] if r["recipe"] != "seed" else [])
+            if r is base:
+                delta = p_txt = dist = "-"
+            else:
+                _, _, p = welch(r["_values"][metric], base["_values"][metric])
+                delta = f"{r[metric] - base[metric]:+.4f}"
+                p_txt = "-" if p is None else f"{p:.3g}"
+                dist = "-" if p is None else ("yes" if p < level else "no")
+            lines.append(f"| {r['router']} | {r['capacity_factor']} | {r['max_steps']} | {r['semantics']}/{r['recipe']} | "
+                         f"{', '.join(flipped) or '(none: the preset)'} | {r[metric]:.4f} ± {_fmt(r.get(metric + '_std'), '.4f')} | "
+                         f"{delta} | {p_txt} | {dist} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", nargs="+", default=["runs/routing_sweep/*"], help="run folders (globs)")
@@ -464,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="column the routers are compared on (Welch's t-test over seeds)")
     p.add_argument("--level", type=float, default=0.05, help="significance level of the two-sided Welch test")
     p.add_argument("--markdown", default=None, help="also write the configurations as a Markdown table here")
+    p.add_argument("--attribution", default=None, help="also write, per router, the seed preset vs each variant "
+                   "(one factor or the recipe flipped back to ours) as a Markdown table here")
     args = p.parse_args(argv)
     if not 0 < args.level < 1:
         p.error(f"--level must be between 0 and 1, got {args.level}")
@@ -475,14 +511,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {sum(r['row_type'] == 'run' for r in rows)} runs and "
           f"{sum(r['row_type'] == 'mean' for r in rows)} configurations to {args.out}; pairwise Welch tests on "
           f"{args.compare} at level {args.level} to {pairs_path(args.out)}")
-    if args.markdown:
-        md = Path(args.markdown)
-        md.parent.mkdir(parents=True, exist_ok=True)
-        tmp = md.with_name(md.name + ".tmp")
-        # perplexity reads better; the ties come from the test on --compare (ppl = exp(loss), same order)
-        tmp.write_text(markdown_table(rows, args.compare.replace("_loss", "_ppl")))
-        tmp.replace(md)
-        print(f"wrote {md}")
+    # perplexity reads better; the ties come from the test on --compare (ppl = exp(loss), same order)
+    for path, text in ((args.markdown, lambda: markdown_table(rows, args.compare.replace("_loss", "_ppl"))),
+                       (args.attribution, lambda: attribution_table(rows, args.compare, args.level))):
+        if path:
+            md = Path(path)
+            md.parent.mkdir(parents=True, exist_ok=True)
+            tmp = md.with_name(md.name + ".tmp")
+            tmp.write_text(text())
+            tmp.replace(md)
+            print(f"wrote {md}")
     if args.export_asv:
         try:
             from moe_routing_bench.suite.store import export_training_summary  # noqa: F401
