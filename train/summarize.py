@@ -452,9 +452,10 @@ def markdown_table(rows: list[dict], metric: str = "final_val_ppl") -> str:
 
 def attribution_table(rows: list[dict], metric: str = "final_val_loss", level: float = 0.05) -> str:
     """Markdown: for each router (and every other key but semantics and recipe), the seed preset
-    (semantics ``seed``, recipe ``seed``) first, then each variant with what it flips back to ours,
+    (semantics ``seed``, recipe ``seed``) first, then each variant with what it flips back to ours
+    (the factors that matter to that router: its own and the balance loss; and the recipe),
     its difference from the preset in `metric` and Welch's p: which factor moves a router, and how much."""
-    from moe_routing_bench import SEED_FACTORS
+    from moe_routing_bench import SEED_FACTORS, seed_route_factor
 
     means = [r for r in rows if r["row_type"] == "mean" and r.get(metric) is not None]
     groups: dict[tuple, list[dict]] = {}
@@ -470,7 +471,9 @@ def attribution_table(rows: list[dict], metric: str = "final_val_loss", level: f
             continue
         for r in [base] + sorted((m for m in members if m is not base), key=lambda m: (m["semantics"], m["recipe"])):
             factors = set(filter(None, str(r.get("seed_semantics") or "").split("+")))
-            flipped = [f for f in SEED_FACTORS if f not in factors] + (["recipe"] if r["recipe"] != "seed" else [])
+            relevant = {seed_route_factor(r["router"], SEED_FACTORS), "balance_loss"}  # the others change nothing
+            flipped = ([f for f in SEED_FACTORS if f not in factors and f in relevant]
+                       + (["recipe"] if r["recipe"] != "seed" else []))
             if r is base:
                 delta = p_txt = dist = "-"
             else:
