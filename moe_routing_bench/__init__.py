@@ -19,6 +19,8 @@ from .routing.plan import Plan, build_plan
 from .routing.routers import (STRATEGIES, Routing, balance_loss, canonical_strategy, capacity, route,
                               update_aux_free_bias, z_loss)
 from .routing.validation import ConfigError, parse_dtype
+# the older tool's semantics, factor by factor (issue 14)
+from .routing.routers import SEED_FACTORS, check_seed_semantics, seed_balance_loss, seed_route_factor
 
 __version__ = "0.1.0"
 
@@ -29,4 +31,5 @@ __all__ = [
     "environment", "get_backend", "make_inputs", "matmul_flops", "measure", "metrics", "pack",
     "parse_dtype", "read_jsonl", "route", "stage_callables", "update_aux_free_bias", "write_atomic",
     "z_loss",
+    "SEED_FACTORS", "check_seed_semantics", "seed_balance_loss", "seed_route_factor",
 ]
