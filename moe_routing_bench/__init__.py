@@ -21,6 +21,8 @@ from .routing.plan import Plan, build_plan
 from .routing.routers import (STRATEGIES, Routing, balance_loss, canonical_strategy, capacity, route,
                               update_aux_free_bias, z_loss)
 from .routing.validation import ConfigError, parse_dtype
+# the older tool's semantics, factor by factor (issue 14)
+from .routing.routers import SEED_FACTORS, check_seed_semantics, seed_balance_loss, seed_route_factor
 
 __version__ = "0.1.0"
 
@@ -32,4 +34,5 @@ __all__ = [
     "environment", "expert_parallel", "expert_parallel_groups", "get_backend", "make_inputs", "matmul_flops", "measure", "metrics", "moe_layer", "pack",
     "parse_dtype", "read_jsonl", "route", "shard_experts", "stage_callables", "update_aux_free_bias", "write_atomic",
     "z_loss",
+    "SEED_FACTORS", "check_seed_semantics", "seed_balance_loss", "seed_route_factor",
 ]

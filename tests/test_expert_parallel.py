@@ -50,6 +50,7 @@ class LayerCase:
     expert_parallel: int = 0  # 0: the world
     chunks: int = 1
     zero_router: bool = False  # every logit 0: ties send every token to experts 0..k-1, all on rank 0
+    seed_semantics: tuple[str, ...] = ()  # the older tool's semantics (with its router bias)
 
 
 def _layer_cases(world: int) -> list[LayerCase]:
@@ -65,6 +66,8 @@ def _layer_cases(world: int) -> list[LayerCase]:
             LayerCase("softk-k4-chunks2", "softk", None, top_k=4, chunks=2),
             LayerCase("topk-hard-chunks4-cf1", "topk-hard", 1.0, chunks=4),
             LayerCase("softk-all-to-rank0-chunks3", "softk", zero_router=True, chunks=3),
+            LayerCase("topk-hard-seed-all-cf1", "topk-hard", 1.0, seed_semantics=("all",)),
+            LayerCase("expert-choice-seed-all", "expert-choice", 1.25, seed_semantics=("all",)),
         ]
     else:
         cases += [
@@ -100,7 +103,8 @@ def _run_layer_case(case: LayerCase, rank: int, world: int, groups_by_ep: dict) 
     groups = groups_by_ep[P]
     torch.manual_seed(0)  # the same full layer on every rank
     cfg = mrb.MoEConfig(H, F, E, case.top_k, strategy=case.strategy, capacity_factor=case.capacity_factor,
-                        drop_policy=case.drop_policy, renormalize_kept=case.renormalize)
+                        drop_policy=case.drop_policy, renormalize_kept=case.renormalize,
+                        seed_semantics=case.seed_semantics, router_bias=bool(case.seed_semantics))
     full = mrb.MoELayer(cfg)
     with torch.no_grad():
         if case.zero_router:

@@ -37,7 +37,8 @@ ROUTERS = routers.STRATEGIES + (DENSE,)
 
 # Per-layer routing statistics returned by LossAndStats, in this column order.
 STAT_NAMES = (
-    "balance_loss",      # Switch E * sum f_i P_i (1 = balanced), unscaled
+    "balance_loss",      # the layer's, unscaled: Switch E * sum f_i P_i (1 = balanced), or with
+                         # seed_semantics "balance_loss" the older tool's sum (f_i - 1/E)^2 on kept counts
     "z_loss",            # mean logsumexp(logits)^2, unscaled
     "drop_rate",         # dropped assignments / assignments (metrics.drop_rates' avg_drop_rate)
     "token_drop_rate",   # routed tokens with every assignment dropped / routed tokens
@@ -45,6 +46,11 @@ STAT_NAMES = (
     "load_cv",           # std/mean of pre-drop per-expert counts, population std
     "load_max_over_mean",
     "gate_entropy",      # mean per-token entropy (nats) of the full router distribution
+    "load_cv_kept",      # std/mean of KEPT (post-drop) counts: the older tool's load_cv
+    "gate_entropy_selected",  # entropy of the k selected gates: the older tool's gate_entropy
+    "mean_combine_weight",    # a token's total combine weight after drops (p_max for top1, k for seed topk-hard)
+    "mean_top1_prob",         # largest router probability per token
+    "fallback_rate",          # the older tool's expert-choice: tokens no expert picked, routed as softk (else 0)
 )
 
 
@@ -243,8 +249,24 @@ def routing_stats(aux: MoEAux) -> tuple[torch.Tensor, torch.Tensor]:
     entropy = metrics.gate_entropy(routing.probs_TE)
     vec = torch.stack([aux.balance_loss.detach().float(), aux.z_loss.detach().float(), drops["avg_drop_rate"],
                        drops["token_drop_rate"], unrouted, load["load_cv"], load["load_max_over_mean"],
-                       entropy.detach()])
+                       entropy.detach(), metrics.load_cv_tensor(plan.kept_counts_E),
+                       metrics.gate_entropy_selected(routing.weights_TK, routing.valid_TK),
+                       metrics.mean_combine_weight(plan.gate_TK), metrics.mean_top1_prob(routing.probs_TE),
+                       torch.zeros_like(unrouted) if routing.fallback_T is None else routing.fallback_T.float().mean()])
     return vec, counts
+
+
+def stats_record(values: list[float], num_layers: int) -> dict:
+    """A log record's routing fields from the per-layer statistics flattened layer by layer
+    ([L * len(STAT_NAMES)], STAT_NAMES order): each name is the mean over the MoE layers and
+    ``<name>_per_layer`` the list of layer values; all None without MoE layers."""
+    if num_layers == 0:
+        return {k: None for k in STAT_NAMES} | {f"{k}_per_layer": None for k in STAT_NAMES}
+    n = len(STAT_NAMES)
+    rows = [values[i * n:(i + 1) * n] for i in range(num_layers)]
+    out = {k: sum(r[j] for r in rows) / num_layers for j, k in enumerate(STAT_NAMES)}
+    out.update({f"{k}_per_layer": [r[j] for r in rows] for j, k in enumerate(STAT_NAMES)})
+    return out
 
 
 class LossAndStats(nn.Module):

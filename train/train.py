@@ -17,11 +17,14 @@ Metric definitions (DESIGN section 4):
   and so is the first step of each process (compilation). ``tokens_per_s_per_rank`` = / world size.
 - ``flops_per_token``: training FLOPs from ACTIVE parameters (experts k/E), 6*N_active + 12*L*dim*S;
   ``tflops`` (alias ``eff_tflops``) = flops_per_token * tokens_per_s / 1e12.
-- ``bw_GiBps_strict``: forward pack+combine bytes of all MoE layers, (2+2k)*dim*dtype_bytes per
-  token and layer, times tokens_per_s, in GiB/s.
-- routing statistics (``drop_rate``, ``token_drop_rate``, ``load_cv`` on pre-drop counts,
-  ``gate_entropy``, ``balance_loss``, ``z_loss`` unscaled) are means over the layers and the steps
-  of the interval, across ranks.
+- ``bytes_per_token_strict``: forward pack+combine bytes of ONE MoE layer, (2+2k)*dim*dtype_bytes
+  (the older tool's convention); ``moe_layers`` = how many; ``bw_GiBps_strict`` = bytes_per_token_strict
+  * tokens_per_s in GiB/s, ``bw_GiBps_strict_all_layers`` the same times moe_layers.
+- routing statistics (``train.model.STAT_NAMES``: ``drop_rate``, ``token_drop_rate``, ``load_cv`` on
+  pre-drop counts, ``load_cv_kept`` on kept counts, ``gate_entropy`` of the full distribution,
+  ``gate_entropy_selected`` of the k gates, ``mean_combine_weight``, ``mean_top1_prob``,
+  ``balance_loss``, ``z_loss`` unscaled) are means over the steps of the interval, across ranks:
+  ``<name>_per_layer`` per MoE layer, ``<name>`` their mean over the layers.
 """
 from __future__ import annotations
 
@@ -55,7 +58,8 @@ from moe_routing_bench.routing.validation import ConfigError, parse_dtype  # noq
 from moe_routing_bench.harness.records import environment, write_atomic  # noqa: E402
 from train.data import (VOCAB_SIZE, eval_batches, get_batch, load_tokens,  # noqa: E402
                         split_train_val)
-from train.model import DENSE, ROUTERS, STAT_NAMES, LossAndStats, ModelConfig, MoETransformer  # noqa: E402
+from train.model import (DENSE, ROUTERS, STAT_NAMES, LossAndStats, ModelConfig, MoETransformer,  # noqa: E402
+                         stats_record)
 
 LOG_NAME = "train_log.jsonl"
 CKPT_NAME = "ckpt.pt"
@@ -349,8 +353,7 @@ class Run:
         self.tokens_per_step = args.batch_size * args.seq_len * ctx.world_size
         self.flops_per_token = self.model.flops_per_token(args.seq_len)
         k = self.cfg.top_k
-        self.bytes_per_token_strict = (metrics.bytes_per_token_strict(k, args.dim, self.effective_dtype.itemsize)
-                                       * len(self.moe_layers))
+        self.bytes_per_token_strict = metrics.bytes_per_token_strict(k, args.dim, self.effective_dtype.itemsize)
         self._grads_checked = False
 
     # one optimizer step; returns detached device tensors (no host sync)
@@ -561,10 +564,10 @@ def _train(args, ctx: DistContext, hooks: dict) -> dict:
             _all_reduce(seg, ctx, dist.ReduceOp.MAX if ctx.world_size > 1 else None)
             seg_s = float(seg)
             means = torch.cat([(acc_ce / n_acc).reshape(1), (acc_gn / n_acc).reshape(1),
-                               (acc_stats / n_acc).mean(0) if run.moe_layers else torch.zeros(n_stats, device=device)])
+                               (acc_stats / n_acc).reshape(-1)])  # per MoE layer
             _all_reduce(means, ctx)
             means = (means / ctx.world_size).tolist()
-            train_loss, grad_norm, st = means[0], means[1], dict(zip(STAT_NAMES, means[2:]))
+            train_loss, grad_norm, st = means[0], means[1], stats_record(means[2:], len(run.moe_layers))
             if not math.isfinite(train_loss):
                 raise FloatingPointError(f"training loss is {train_loss} at step {step}")
             tps = timed * run.tokens_per_step / seg_s if timed and seg_s > 0 else None
@@ -584,14 +587,17 @@ def _train(args, ctx: DistContext, hooks: dict) -> dict:
                 "bpc": val_loss / math.log(2) if val_loss is not None else None,
                 "tokens_per_s": tps, "tokens_per_s_per_rank": tps / ctx.world_size if tps else None,
                 "step_ms": 1000.0 * seg_s / timed if timed else None, "timed_steps": timed,
-                **({k: st[k] for k in STAT_NAMES} if run.moe_layers else {k: None for k in STAT_NAMES}),
+                **st,
                 "grad_norm": grad_norm if args.grad_clip > 0 else None,
                 "flops_per_token": run.flops_per_token,
                 "tflops": run.flops_per_token * tps / 1e12 if tps else None,
                 "eff_tflops": run.flops_per_token * tps / 1e12 if tps else None,
                 "tflops_per_rank": run.flops_per_token * tps / 1e12 / ctx.world_size if tps else None,
-                "bytes_per_token_strict": run.bytes_per_token_strict,
+                # per MoE layer, as the older tool (pack + combine of one layer); moe_layers says how many
+                "bytes_per_token_strict": run.bytes_per_token_strict, "moe_layers": len(run.moe_layers),
                 "bw_GiBps_strict": run.bytes_per_token_strict * tps / 2**30 if tps else None,
+                "bw_GiBps_strict_all_layers": (run.bytes_per_token_strict * len(run.moe_layers) * tps / 2**30
+                                               if tps else None),
                 "tokens_seen": step * run.tokens_per_step, "elapsed": elapsed, "train_time_s": train_time_total,
                 "router": run.cfg.router, "routing_strategy": run.cfg.router,
                 "strategy": run.cfg.router.replace("-", "_"), "backend": args.backend,

@@ -299,7 +299,7 @@ class ExpertParallelMoELayer(MoELayer):
             plan = self.plan(routing, x)
             y_RH = self.exchange(self.backend.pack(x, plan), self.exchange_counts(plan))
             out_TH = self.backend.combine(y_RH, plan)
-        aux = MoEAux(routers.balance_loss(routing), routers.z_loss(logits_TE), routing, plan)
+        aux = MoEAux(self.balance_loss(routing, plan), routers.z_loss(logits_TE), routing, plan)
         return out_TH, aux
 
 
