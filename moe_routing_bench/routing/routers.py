@@ -291,7 +291,9 @@ def seed_hash_experts(num_tokens: int, num_experts: int, top_k: int, device=None
     """[T, K] int64: base = (t * 1315423911 + 2654435761) mod E for row position t (not the token),
     then (base + 97 j) mod E for the j-th choice; repeats an expert when E divides 97 j."""
     t = torch.arange(num_tokens, device=device, dtype=torch.int64)
-    base = torch.remainder(t * _SEED_HASH_MUL + _SEED_HASH_ADD, num_experts)
+    # reduced mod E first (same value for t >= 0): inductor's int32 Triton code cannot hold the constants
+    base = torch.remainder(
+        torch.remainder(t, num_experts) * (_SEED_HASH_MUL % num_experts) + _SEED_HASH_ADD % num_experts, num_experts)
     steps = torch.arange(top_k, device=device, dtype=torch.int64) * _SEED_HASH_STEP
     return torch.remainder(base[:, None] + steps, num_experts)
 
