@@ -1,0 +1,113 @@
+"""The project's asv plugin: asv.conf.json names it under `plugins` (".moe_routing_bench.suite.asv_plugin").
+
+asv 0.6.6 imports each module named there before running a command and calls its `setup()`;
+`asv publish` then runs every `asv.publishing.OutputPublisher` subclass. Through those two hooks
+plain `asv run` and `asv publish` do what this project needs:
+
+- `OfflineAssets` (an OutputPublisher, run after asv's own pages): copies the JavaScript and CSS
+  that asv's index.html loads from CDNs into the output and points the page at the copies
+  (`dashboard.vendor_asv_assets`), so the dashboard renders with no network.
+- `setup()` wraps two asv functions:
+  * `Benchmarks.save` (called by `asv run` after discovery) keeps the entries of benchmarks the run
+    did not discover: results exported into the store (they have no code to run) and GPU-only
+    benchmarks, which a machine without a GPU does not discover. Without this an `asv run` on one
+    machine hides every other machine's and every exporter's history. Rediscovered entries replace
+    their old ones, so an unchanged benchmark leaves the file byte-identical.
+  * `Publish.run` writes into a new folder beside `html_dir` and then points `html_dir` (a symlink)
+    at it with one atomic rename; a dashboard being served switches from the old complete output to
+    the new complete output, never to a half-written or wiped one. The previous output is kept
+    until the next publish (a browser may still be loading it), older ones are removed.
+
+Pinned to asv 0.6.6 (pyproject): both wrapped functions are checked by tests/test_asv_plugin.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from asv.publishing import OutputPublisher
+
+GENERATION_PREFIX = ".gen-"  # html_dir -> <html_dir>.gen-XXXX (a symlink to the current output)
+
+
+class OfflineAssets(OutputPublisher):
+    """Vendors the CDN libraries into the published output (no page of its own)."""
+
+    name = "offline-assets"
+    button_label = None
+    description = "JavaScript and CSS served from the output folder"
+    order = 1000  # after asv's own pages
+
+    @classmethod
+    def publish(cls, conf, repo, benchmarks, graphs, revisions):
+        from .dashboard import vendor_asv_assets
+
+        vendor_asv_assets(Path(conf.html_dir))
+
+
+def merged_benchmarks(old: dict, discovered: dict) -> dict:
+    """benchmarks.json after a discovery: the old entries, the discovered ones replacing theirs."""
+    merged = {k: v for k, v in old.items() if k != "version"}
+    merged.update({k: v for k, v in discovered.items() if k != "version"})
+    return merged
+
+
+def _save_merged(original):
+    def save(self):
+        path = Path(self.get_benchmark_file_path(self._conf.results_dir))
+        try:
+            old = json.loads(path.read_text()) if path.exists() else {}
+        except ValueError:
+            old = {}
+        self._all_benchmarks = merged_benchmarks(old, self._all_benchmarks)
+        original(self)
+
+    save.__wrapped__ = original
+    return save
+
+
+def publish_and_swap(run, conf, *args, **kwargs):
+    """Run asv's publish into a fresh generation folder, then atomically repoint `conf.html_dir`."""
+    link = Path(conf.html_dir).absolute()
+    link.parent.mkdir(parents=True, exist_ok=True)
+    gen = Path(tempfile.mkdtemp(dir=link.parent, prefix=link.name + GENERATION_PREFIX))
+    previous = os.path.realpath(link) if link.is_symlink() else None
+    conf.html_dir = str(gen)
+    try:
+        result = run(conf, *args, **kwargs)
+    except BaseException:
+        shutil.rmtree(gen, ignore_errors=True)
+        raise
+    finally:
+        conf.html_dir = str(link)
+    os.chmod(gen, 0o755)
+    if link.exists() and not link.is_symlink():  # an output from before this plugin: moved aside once
+        os.replace(link, link.parent / (link.name + GENERATION_PREFIX + "old"))
+    tmp_link = link.parent / f".{link.name}.link-{os.getpid()}"
+    tmp_link.unlink(missing_ok=True)
+    os.symlink(gen.name, tmp_link)
+    os.replace(tmp_link, link)
+    for stale in link.parent.glob(link.name + GENERATION_PREFIX + "*"):
+        if stale != gen and str(stale) != previous:
+            shutil.rmtree(stale, ignore_errors=True)
+    return result
+
+
+def setup() -> None:
+    """Called by asv's plugin manager when it imports this module."""
+    from asv.benchmarks import Benchmarks
+    from asv.commands.publish import Publish
+
+    if not hasattr(Benchmarks.save, "__wrapped__"):
+        Benchmarks.save = _save_merged(Benchmarks.save)
+    if not getattr(Publish.run, "_moe_swaps", False):
+        run = Publish.run.__func__
+
+        def swapped(cls, conf, *args, **kwargs):
+            return publish_and_swap(lambda c, *a, **k: run(cls, c, *a, **k), conf, *args, **kwargs)
+
+        swapped._moe_swaps = True
+        Publish.run = classmethod(swapped)
