@@ -146,13 +146,13 @@ def register_machine(name: str | None = None, machine_file: Path | None = None) 
 
     The entry is stored under the stable name and under the host name: asv looks the machine up by
     host name when no --machine is given, and the entry's `machine` key then names the series."""
-    from asv.machine import Machine, MachineCollection
+    from asv.machine import MachineCollection
 
     info = machine_info(name)
     path = str(Path(machine_file or MachineCollection.get_machine_file_path()).expanduser())
     with _locked(Path(path).parent, f".{Path(path).name}.lock"):
-        Machine.load(machine_name=info["machine"], _path=path, **info)
-        MachineCollection.save(platform.node() or info["machine"], info, _path=path)
+        for key in dict.fromkeys((info["machine"], platform.node() or info["machine"])):
+            MachineCollection.save(key, info, _path=path)
     return info
 
 
@@ -299,7 +299,9 @@ def write_series(series: list[Series], results_dir: Path, machine: str, commit: 
             old = registry.get(s.key)
             if old is not None and old.get("param_names") == s.param_names:
                 params = _union(old["params"], params)
-            values = dict(zip(itertools.product(*params), results.get_result_value(s.key, params)))
+            values = {}
+            if s.key in results.get_all_result_keys():
+                values.update(zip(itertools.product(*params), results.get_result_value(s.key, params)))
             values.update(s.values)
             row = [values.get(c) for c in itertools.product(*params)]
             empty = [None] * len(row)
@@ -472,7 +474,7 @@ def export_training_summary(summary_csv: Path, results_dir: Path = DEFAULT_RESUL
     """
     commit_hash, date_ms = resolve_commit(commit)
     gpu = training_gpu(Path(summary_csv))
-    machine = machine or default_machine_name(gpu)
+    machine = default_machine_name(gpu) if machine is None else machine
     return write_series(training_series(Path(summary_csv)), Path(results_dir), machine, commit_hash, date_ms,
                         "training", machine_keys=_gpu_keys(gpu))
 
@@ -488,7 +490,7 @@ def export_jsonl(jsonl_path: Path, results_dir: Path = DEFAULT_RESULTS_DIR, mach
     groups: dict[tuple[str, str], list[dict]] = {}
     for rec in records:
         gpu = rec.get("device_name") if rec.get("device") == "cuda" else None
-        name = machine or default_machine_name(gpu)
+        name = default_machine_name(gpu) if machine is None else machine
         ref = commit or (rec.get("git_commit") if rec.get("git_commit") not in (None, "unknown") else None)
         groups.setdefault((name, ref or "HEAD", gpu or ""), []).append(rec)
     paths = []
@@ -508,7 +510,7 @@ def export_pytest_benchmark(json_path: Path, results_dir: Path = DEFAULT_RESULTS
             if (b.get("extra_info") or {}).get("device") == "cuda"}
     gpu = next(iter(gpus)) if len(gpus) == 1 else None
     commit_hash, date_ms = resolve_commit(commit or (report.get("commit_info") or {}).get("id"))
-    machine = machine or default_machine_name(gpu)
+    machine = default_machine_name(gpu) if machine is None else machine
     keys = _gpu_keys(gpu)
     python = (report.get("machine_info") or {}).get("python_version")
     return write_series(pytest_series(report), Path(results_dir), machine, commit_hash, date_ms, "pytest",
@@ -526,46 +528,49 @@ def import_results(src: Path, results_dir: Path = DEFAULT_RESULTS_DIR, *, commit
     from asv.results import Results, get_filename
 
     src, results_dir = Path(src), Path(results_dir)
+    machines, imports = {}, []
+    for machine_json in sorted(src.glob("*/machine.json")):  # everything checked before anything is written
+        machine = safe_name(machine_json.parent.name, "machine name")
+        info = _read_json(machine_json, {})
+        if info.get("machine", machine) != machine:
+            raise ValueError(f"{machine_json} names machine {info.get('machine')!r}, not {machine!r}")
+        machines[machine] = info
+        for f in sorted(machine_json.parent.glob("*.json")):
+            if f.name == "machine.json":
+                continue
+            new = Results.load(str(f))
+            safe_name(new.env_name, "environment name")
+            if new.params.get("machine", machine) != machine:
+                raise ValueError(f"{f} is for machine {new.params.get('machine')!r}, not {machine!r}")
+            commit_hash, date = new.commit_hash, new.date
+            if commit is not None:
+                try:
+                    commit_hash, date = resolve_commit(commit)
+                except ValueError:
+                    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+                        raise ValueError(f"{commit!r} is not a commit of this repository nor a 40-hex hash") from None
+                    commit_hash, date = commit, date_ms or int(time.time() * 1000)
+            if not re.fullmatch(r"[0-9a-f]{40}", commit_hash or ""):
+                raise ValueError(f"{f}: commit_hash {commit_hash!r} is not a 40-hex hash")
+            imports.append((machine, new, commit_hash, date))
     written = []
     with locked_store(results_dir):
-        for machine_json in sorted(src.glob("*/machine.json")):
-            machine = safe_name(machine_json.parent.name, "machine name")
-            info = _read_json(machine_json, {})
-            if info.get("machine", machine) != machine:
-                raise ValueError(f"{machine_json} names machine {info.get('machine')!r}, not {machine!r}")
+        for machine, info in machines.items():
             if not (results_dir / machine / "machine.json").exists():
                 _save_machine(results_dir, {**info, "machine": machine})
-            for f in sorted(machine_json.parent.glob("*.json")):
-                if f.name == "machine.json":
+        for machine, new, commit_hash, date in imports:
+            relative = get_filename(machine, commit_hash, new.env_name)
+            target = results_dir / relative
+            merged = Results.load(str(target)) if target.exists() else None
+            out = Results(new.params, new._requirements, commit_hash, date, new._python, new.env_name, new.env_vars)
+            for source in (merged, new):  # later wins
+                if source is None:
                     continue
-                new = Results.load(str(f))
-                safe_name(new.env_name, "environment name")
-                if new.params.get("machine", machine) != machine:
-                    raise ValueError(f"{f} is for machine {new.params.get('machine')!r}, not {machine!r}")
-                commit_hash, date = new.commit_hash, new.date
-                if commit is not None:
-                    try:
-                        commit_hash, date = resolve_commit(commit)
-                    except ValueError:
-                        if not re.fullmatch(r"[0-9a-f]{40}", commit):
-                            raise ValueError(f"{commit!r} is not a commit of this repository nor a 40-hex hash") \
-                                from None
-                        commit_hash, date = commit, date_ms or int(time.time() * 1000)
-                if not re.fullmatch(r"[0-9a-f]{40}", commit_hash or ""):
-                    raise ValueError(f"{f}: commit_hash {commit_hash!r} is not a 40-hex hash")
-                relative = get_filename(machine, commit_hash, new.env_name)
-                target = results_dir / relative
-                merged = Results.load(str(target)) if target.exists() else None
-                out = Results(new.params, new._requirements, commit_hash, date, new._python, new.env_name,
-                              new.env_vars)
-                for source in (merged, new):  # later wins
-                    if source is None:
-                        continue
-                    for attr in ("_results", "_samples", "_stats", "_benchmark_params", "_profiles", "_started_at",
-                                 "_duration", "_benchmark_version"):
-                        getattr(out, attr).update(getattr(source, attr))
-                _save_through(results_dir, relative, out.save)
-                written.append(target)
+                for attr in ("_results", "_samples", "_stats", "_benchmark_params", "_profiles", "_started_at",
+                             "_duration", "_benchmark_version"):
+                    getattr(out, attr).update(getattr(source, attr))
+            _save_through(results_dir, relative, out.save)
+            written.append(target)
     if not written:
         raise ValueError(f"no asv results (<machine>/machine.json and result files) under {src}")
     return written
