@@ -6,7 +6,8 @@ plain `asv run` and `asv publish` do what this project needs:
 
 - `OfflineAssets` (an OutputPublisher, run after asv's own pages): copies the JavaScript and CSS
   that asv's index.html loads from CDNs into the output and points the page at the copies
-  (`dashboard.vendor_asv_assets`), so the dashboard renders with no network.
+  (`dashboard.vendor_asv_assets`), so the dashboard renders with no network; and two small
+  edits of the published graph page (`dashboard.JS_PATCHES`: short legend labels, y axis from 0).
 - `setup()` wraps two asv functions:
   * `Benchmarks.save` (called by `asv run` after discovery) keeps the entries of benchmarks the run
     did not discover: results exported into the store (they have no code to run) and GPU-only
@@ -43,9 +44,10 @@ class OfflineAssets(OutputPublisher):
 
     @classmethod
     def publish(cls, conf, repo, benchmarks, graphs, revisions):
-        from .dashboard import vendor_asv_assets
+        from .dashboard import patch_asv_js, vendor_asv_assets
 
         vendor_asv_assets(Path(conf.html_dir))
+        patch_asv_js(Path(conf.html_dir))
 
 
 def merged_benchmarks(old: dict, discovered: dict) -> dict:

@@ -428,6 +428,61 @@ def vendor_asv_assets(html_dir: Path, cache_dir: Path | None = None) -> None:
         raise ExternalReferenceError("\n".join(problems))
 
 
+# --------------------------------------------------------------------------- asv's graph page
+
+#: (file under html_dir, asv 0.6.6 text, replacement, why). Applied to the published copy only.
+JS_PATCHES: tuple[tuple[str, str, str, str], ...] = (
+    ("graphdisplay.js",
+     """                var ignore = {
+                    'os': null,
+                    'cpu': null,
+                    'arch': null,
+                    'ram': null
+                };""",
+     """                var ignore = {
+                    'os': null,
+                    'cpu': null,
+                    'arch': null,
+                    'ram': null,
+                    'num_cpu': null, 'gpu': null, 'cuda': null, 'torch_version': null,
+                    'triton_version': null, 'numpy': null, 'python': null, 'branch': null
+                };""",
+     "legend labels: the machine name already says which GPU/CPU; the keys that follow from it made "
+     "every label two lines long"),
+    ("graphdisplay.js",
+     """            else {
+                if (unit && unit != "unit") {
+                    unit_name = unit;
+                }
+                multiplier = 1.0;
+            }""",
+     """            else {
+                if (unit && unit != "unit") {
+                    unit_name = unit;
+                }
+                multiplier = 1.0;
+                if (!zoom_y_axis && min >= 0) {
+                    options.yaxis.min = 0.0;
+                    options.yaxis.max = max * 1.3;
+                }
+            }""",
+     "y axis from zero for every unit, as asv does for seconds and bytes: otherwise the smallest "
+     "value sits on the bottom edge (a zero-height bar, a half-hidden point)"),
+)
+
+
+def patch_asv_js(html_dir: Path) -> None:
+    """Apply JS_PATCHES to a published output; raise VendoringError where asv's text differs."""
+    for name, old, new, why in JS_PATCHES:
+        path = Path(html_dir) / name
+        text = path.read_text(encoding="utf-8")
+        if new in text:
+            continue
+        if text.count(old) != 1:
+            raise VendoringError(f"{path}: asv's code changed (asv {ASV_VERSION} expected); cannot apply: {why}")
+        path.write_text(text.replace(old, new), encoding="utf-8")
+
+
 # --------------------------------------------------------------------------- asv publish
 
 def read_asv_config(config: str | os.PathLike[str] = "asv.conf.json") -> dict:
