@@ -83,3 +83,14 @@ def test_failed_publish_leaves_the_served_output_alone(tmp_path):
     with pytest.raises(RuntimeError):
         asv_plugin.publish_and_swap(broken, conf)
     assert (link / "index.html").read_text() == "good" and conf.html_dir == str(link)
+
+
+def test_compare_rows_leave_out_skipped_combinations():
+    from asv.commands import compare
+
+    asv_plugin.setup()
+    rows = list(compare.unroll_result("b.C.time_x", [["'torch'", "'compile'"]], [1.0, float("nan")],
+                                      [None, None], [None, None]))
+    assert [r[0] for r in rows] == ["b.C.time_x('torch')"] and rows[0][1] == 1.0
+    failed = list(compare.unroll_result("b.C.time_y", [], [None], [None], [None]))
+    assert len(failed) == 1  # a failure stays visible

@@ -14,6 +14,10 @@ plain `asv run` and `asv publish` do what this project needs:
     benchmarks, which a machine without a GPU does not discover. Without this an `asv run` on one
     machine hides every other machine's and every exporter's history. Rediscovered entries replace
     their old ones, so an unchanged benchmark leaves the file byte-identical.
+  * `asv compare A B` lists comparable rows only: benchmarks measured (in the same environment)
+    at both commits, without their skipped combinations (NaN: a GPU shape on a CPU, a backend a
+    suite does not time there); failures stay visible. Unchanged asv otherwise prints an `n/a` row
+    for everything either commit lacks (95% of the table between two CPU commits).
   * `Publish.run` writes into a new folder beside `html_dir` and then points `html_dir` (a symlink)
     at it with one atomic rename; a dashboard being served switches from the old complete output to
     the new complete output, never to a half-written or wiped one. The previous output is kept
@@ -24,6 +28,7 @@ Pinned to asv 0.6.6 (pyproject): both wrapped functions are checked by tests/tes
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -71,6 +76,49 @@ def _save_merged(original):
     return save
 
 
+def _measured_only(original):
+    def unroll_result(*args, **kwargs):
+        for name, value, stats, samples in original(*args, **kwargs):
+            if not (isinstance(value, float) and math.isnan(value)):
+                yield name, value, stats, samples
+
+    unroll_result.__wrapped__ = original
+    return unroll_result
+
+
+def _results_of(conf, machine, commit_hash, env_names):
+    """(key, params, value, stats, samples, version, machine, env) rows as asv's compare reads them."""
+    from asv.results import iter_results_for_machine_and_hash
+
+    rows = []
+    for result in iter_results_for_machine_and_hash(conf.results_dir, machine, commit_hash):
+        if env_names is not None and result.env_name not in env_names:
+            continue
+        for key in result.get_all_result_keys():
+            params = result.get_result_params(key)
+            rows.append((key, params, result.get_result_value(key, params), result.get_result_stats(key, params),
+                         result.get_result_samples(key, params), result.benchmark_version.get(key),
+                         result.params["machine"], result.env_name))
+    return rows
+
+
+def _common_rows(print_table):
+    def wrapped(cls, conf, hash_1, hash_2, factor, split, resultset_1=None, resultset_2=None, machine=None,
+                *args, env_names=None, **kwargs):
+        if resultset_1 is None and resultset_2 is None and machine is not None:
+            rows_1 = _results_of(conf, machine, hash_1, env_names)
+            rows_2 = _results_of(conf, machine, hash_2, env_names)
+            both = {(r[0], r[7]) for r in rows_1} & {(r[0], r[7]) for r in rows_2}
+            if both:
+                resultset_1 = [r for r in rows_1 if (r[0], r[7]) in both]
+                resultset_2 = [r for r in rows_2 if (r[0], r[7]) in both]
+        return print_table(cls, conf, hash_1, hash_2, factor, split, resultset_1, resultset_2, machine, *args,
+                           env_names=env_names, **kwargs)
+
+    wrapped._moe_common = True
+    return wrapped
+
+
 def publish_and_swap(run, conf, *args, **kwargs):
     """Run asv's publish into a fresh generation folder, then atomically repoint `conf.html_dir`."""
     link = Path(conf.html_dir).absolute()
@@ -101,10 +149,15 @@ def publish_and_swap(run, conf, *args, **kwargs):
 def setup() -> None:
     """Called by asv's plugin manager when it imports this module."""
     from asv.benchmarks import Benchmarks
+    from asv.commands import compare
     from asv.commands.publish import Publish
 
     if not hasattr(Benchmarks.save, "__wrapped__"):
         Benchmarks.save = _save_merged(Benchmarks.save)
+    if not hasattr(compare.unroll_result, "__wrapped__"):
+        compare.unroll_result = _measured_only(compare.unroll_result)
+    if not getattr(compare.Compare.print_table, "_moe_common", False):
+        compare.Compare.print_table = classmethod(_common_rows(compare.Compare.print_table.__func__))
     if not getattr(Publish.run, "_moe_swaps", False):
         run = Publish.run.__func__
 
