@@ -80,13 +80,13 @@ def slug(text: str) -> str:
 
 
 def safe_name(text: str, what: str = "name") -> str:
-    """`text` if it is one safe path component (letters, digits, `._+-`, not starting with a dot)."""
+    """`text` if it is one safe path component (letters, digits, `_.+-`, not starting with a dot or dash)."""
     if not isinstance(text, str) or not _SAFE_NAME.fullmatch(text):
-        raise ValueError(f"{what} {text!r} is not a single safe path component (letters, digits, ._+-)")
+        raise ValueError(f"{what} {text!r} is not a single safe path component (letters, digits, _.+-)")
     return text
 
 
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,200}")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,200}")
 
 
 def _cpu_model() -> str:
