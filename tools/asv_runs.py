@@ -195,7 +195,7 @@ def noise(runs: int, bench: str, machine: str | None, quick: bool) -> Path:
         if len(vs) < 2:
             continue
         b = benchmarks.setdefault(key, {"combos": {}})
-        b["combos"][", ".join(combo)] = {"runs": len(vs), "median": sorted(vs)[len(vs) // 2], "p95_rel_diff": round(p95(vs), 4)}
+        b["combos"][", ".join(combo)] = {"values": [float(f"{v:.4g}") for v in vs], "p95_rel_diff": round(p95(vs), 4)}
     for b in benchmarks.values():
         b["p95_rel_diff"] = max(c["p95_rel_diff"] for c in b["combos"].values())
         b["threshold"] = threshold_of(b["p95_rel_diff"])
@@ -206,6 +206,7 @@ def noise(runs: int, bench: str, machine: str | None, quick: bool) -> Path:
               "runs": runs, "quick": quick, "bench": bench, "wall_s": round(time.time() - t0),
               "rule": f"threshold = max({FLOOR:.0%}, {FACTOR} x the largest p95 over the benchmark's combinations of "
                       "|a/b - 1| over all pairs of runs), rounded up to a whole percent",
+              "stage_threshold": max(stage or [0.1]),
               "pytest_benchmark_compare_fail": f"median:{round(100 * max(stage or [0.1]))}%",
               "benchmarks": benchmarks}
     path = NOISE_DIR / f"{store.safe_name(machine)}.json"
@@ -224,7 +225,8 @@ def update_conf_thresholds(conf: Path = ROOT / "asv.conf.json", noise_dir: Path 
     for f in sorted(noise_dir.glob("*.json")):
         for name, b in json.loads(f.read_text())["benchmarks"].items():
             per_bench[name] = max(per_bench.get(name, 0.0), b["threshold"])
-    lines = [f'        "^{re.escape(name).replace(chr(92), chr(92) * 2)}$": {t},' for name, t in sorted(per_bench.items())]
+    # asv matches the regex against "name(params)@branch": anchor the name, then a parameter list or the end
+    lines = [f'        "^{re.escape(name).replace(chr(92), chr(92) * 2)}(\\\\(|@|$)": {t},' for name, t in sorted(per_bench.items())]
     lines += [f'        "{k}": {v},' for k, v in FIXED.items()]
     lines[-1] = lines[-1].rstrip(",")
     text = conf.read_text()

@@ -128,6 +128,12 @@ def pytest_threshold(machine: str, noise_dir: Path = NOISE_DIR) -> str:
     return json.loads(path.read_text())["pytest_benchmark_compare_fail"]
 
 
+def stage_threshold(machine: str, noise_dir: Path = NOISE_DIR) -> float | None:
+    """The largest relative threshold of the machine's stage benchmarks (None without noise figures)."""
+    path = noise_dir / f"{safe_name(machine, 'machine name')}.json"
+    return json.loads(path.read_text()).get("stage_threshold") if path.exists() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m moe_routing_bench.suite.verdict",
                                  description="verdict table of two commits in the asv result store")
