@@ -22,8 +22,11 @@ DESIGN's main GPU shape, then the main CPU shape. `shape` bundles tokens, hidden
 top-k (T-H-E-k): asv starts one process per parameter combination, and a free product would be
 mostly meaningless combinations.
 
-Nothing here imports torch or touches CUDA at import time (asv's launcher imports these modules
-in every benchmark process or in its fork server). Every class pins `version`, so its history
+Nothing here touches CUDA at import time (asv's launcher imports these modules in every benchmark
+process or in its fork server, whose children must initialise CUDA themselves). torch is imported
+here, so that the fork server imports it once for all its children. MOE_BENCH_ASV_SUBSET=main
+skips (cheaply, before any set-up) every GPU combination but the main shape with the uniform
+workload: the per-commit GPU history within a small budget. Every class pins `version`, so its history
 survives edits of its source (bump it when the meaning of a number changes).
 """
 from __future__ import annotations
@@ -31,6 +34,11 @@ from __future__ import annotations
 import itertools
 import os
 from types import SimpleNamespace
+
+try:  # preloaded by asv's fork server: its children start with torch imported (no CUDA touched)
+    import torch  # noqa: F401
+except ImportError:  # discovery in an environment without torch still lists the suites
+    pass
 
 BACKENDS = ["torch", "compile", "triton"]
 CPU_BACKENDS = {"torch"}  # compile: compile time dominates on CPU; triton: the interpreter on CPU
@@ -78,10 +86,18 @@ def split_by_device(cls):
         if name.startswith(("time_", "peakmem_")):
             skip_unless(cls, name, lambda p: device_of(p["shape"]) == "cpu" and p["backend"] in CPU_BACKENDS)
         elif name.startswith("track_") and (name.endswith("_us") or name.endswith("_mib")):
-            skip_unless(cls, name, lambda p: device_of(p["shape"]) == "cuda")
+            skip_unless(cls, name, lambda p: device_of(p["shape"]) == "cuda" and _in_subset(cls, p))
             if not gpu:
                 getattr(cls, name).skip_benchmark = True
     return cls
+
+
+def _in_subset(cls, p: dict) -> bool:
+    """With MOE_BENCH_ASV_SUBSET=main: only the class's first GPU shape, uniform workload."""
+    if os.environ.get("MOE_BENCH_ASV_SUBSET") != "main":
+        return True
+    first_gpu = next(s for s in cls.params[cls.param_names.index("shape")] if device_of(s) == "cuda")
+    return p["shape"] == first_gpu and p.get("workload", "uniform") == "uniform"
 
 
 def _gpu_present() -> bool:
