@@ -27,7 +27,7 @@ use; `pytest_benchmark_compare_fail` in the same file is the largest stage thres
 Benchmark processes: asv's forkserver launcher (torch imported once per run; nothing touches CUDA
 at import, so forked children initialise CUDA themselves), one process per combination, and Triton
 and inductor caches persistent across processes and commits ($MOE_BENCH_CACHE, default
-~/.cache/moe-routing-bench).
+~/.cache/moe-routing-bench). ASV_LAUNCH_METHOD=spawn falls back to a fresh interpreter per process.
 """
 from __future__ import annotations
 
@@ -127,7 +127,8 @@ def run_asv(tree: Path, workdir: Path, results_dir: Path, machine: str, bench: s
     env = {**os.environ, **cache_env()}
     env["ASV_PYTHONPATH"] = env["PYTHONPATH"] = str(tree)  # asv clears PYTHONPATH for benchmark processes
     cmd = [sys.executable, "-m", "asv", "run", "-E", f"existing:{sys.executable}", "--config", str(conf),
-           "--set-commit-hash", stand_hash, "--machine", machine, "--launch-method", "forkserver",
+           "--set-commit-hash", stand_hash, "--machine", machine,
+           "--launch-method", os.environ.get("ASV_LAUNCH_METHOD", "forkserver"),
            "-b", bench, "-a", "processes=1", "--show-stderr"] + (["--quick"] if quick else [])
     subprocess.run(cmd, cwd=ROOT, env=env, check=False)
 

@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="$(command -v "${PYTHON:-python3}")"
 OUT="${OUT:-out}"
-: "${COMMITS:?COMMITS=\"<hash> <hash> ...\" (oldest first)}"
+[ -n "${COMMITS:-}${NOISE_RUNS:-}" ] || { echo 'gpu_asv.sh: COMMITS="<hash> <hash> ..." (oldest first) and/or NOISE_RUNS=N' >&2; exit 2; }
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 if ! "$PY" -c "import asv, json5" 2>/dev/null; then
@@ -27,9 +27,11 @@ if ! "$PY" -c "import asv, json5" 2>/dev/null; then
 fi
 mkdir -p "$OUT"
 start=$(date +%s)
-# shellcheck disable=SC2086
-"$PY" tools/asv_runs.py history $COMMITS --bundle "$OUT/asv_results.tar" ${BENCH:+--bench "$BENCH"} ${MACHINE:+--machine "$MACHINE"}
-echo "gpu_asv.sh: $(echo $COMMITS | wc -w) commits in $(( $(date +%s) - start )) s"
+if [ -n "${COMMITS:-}" ]; then
+    # shellcheck disable=SC2086
+    "$PY" tools/asv_runs.py history $COMMITS --bundle "$OUT/asv_results.tar" ${BENCH:+--bench "$BENCH"} ${MACHINE:+--machine "$MACHINE"}
+    echo "gpu_asv.sh: $(echo $COMMITS | wc -w) commits in $(( $(date +%s) - start )) s"
+fi
 if [ -n "${NOISE_RUNS:-}" ]; then
     "$PY" tools/asv_runs.py noise --runs "$NOISE_RUNS" ${BENCH:+--bench "$BENCH"} ${MACHINE:+--machine "$MACHINE"}
     mkdir -p "$OUT/noise" && cp results/noise/*.json "$OUT/noise/"
