@@ -81,7 +81,8 @@ def pack(commits: list[str]) -> None:
     for ref in commits:
         commit, date_ms = store.resolve_commit(ref, ROOT)
         tar = PACK_DIR / f"{commit}.tar"
-        subprocess.run(["git", "archive", "--format=tar", "-o", str(tar), commit], cwd=ROOT, check=True)
+        # the package only: benchmarks/ come from the working tree for every commit
+        subprocess.run(["git", "archive", "--format=tar", "-o", str(tar), commit, "moe_routing_bench"], cwd=ROOT, check=True)
         (PACK_DIR / f"{commit}.date").write_text(str(date_ms))
         print(f"packed {commit[:8]} ({tar.stat().st_size // 1024} KiB)")
 
@@ -91,7 +92,8 @@ def source_tree(commit: str, workdir: Path) -> tuple[Path, str, int]:
     if _has_history(commit):
         full, date_ms = store.resolve_commit(commit, ROOT)
         tree = workdir / full[:8]
-        subprocess.run(["git", "archive", "--format=tar", "-o", str(workdir / "src.tar"), full], cwd=ROOT, check=True)
+        subprocess.run(["git", "archive", "--format=tar", "-o", str(workdir / "src.tar"), full, "moe_routing_bench"],
+                       cwd=ROOT, check=True)
         tar_path = workdir / "src.tar"
     else:
         matches = sorted(PACK_DIR.glob(f"{commit}*.tar"))
@@ -247,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("history", help="run the suites for each commit, in order")
     p.add_argument("commits", nargs="+")
     p.add_argument("--bundle", type=Path, default=None, help="tar of the new result files")
-    p.add_argument("--bench", default=gpu_default)
+    p.add_argument("--bench", default=gpu_default, help="asv -b regex (asv searches it in names; no $ anchor)")
     p.add_argument("--machine", default=None)
     p = sub.add_parser("noise", help="spread of repeated runs of the working tree; thresholds from it")
     p.add_argument("--runs", type=int, default=10)
