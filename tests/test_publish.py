@@ -281,3 +281,18 @@ def test_publish_module_is_stdlib_only():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     assert importlib.util.find_spec("moe_routing_bench.suite.dashboard") is not None
+
+
+def test_asv_graph_page_patches_apply_to_the_installed_asv_once(tmp_path):
+    asv = pytest.importorskip("asv")
+    src = Path(asv.__file__).parent / "www" / "graphdisplay.js"
+    (tmp_path / "graphdisplay.js").write_text(src.read_text())
+    pub.patch_asv_js(tmp_path)
+    patched = (tmp_path / "graphdisplay.js").read_text()
+    for _name, old, new, _why in pub.JS_PATCHES:
+        assert new in patched and old not in patched
+    pub.patch_asv_js(tmp_path)  # idempotent
+    assert (tmp_path / "graphdisplay.js").read_text() == patched
+    (tmp_path / "graphdisplay.js").write_text("// another asv\n")
+    with pytest.raises(pub.VendoringError, match="asv's code changed"):
+        pub.patch_asv_js(tmp_path)

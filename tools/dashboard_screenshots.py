@@ -3,9 +3,11 @@
 
     python tools/dashboard_screenshots.py [--out docs] [--config asv.conf.json]
 
-Writes docs/dashboard_gpu_routing_path.png (the GPU routing path: a series per backend and machine), docs/dashboard_training.png
-(a training metric: one series per router) and docs/dashboard_regressions.png. Each page is opened as a
-user opens it: the benchmark's own URL with no parameters in it, so what is shown is asv's first view.
+Writes docs/dashboard_gpu_pack.png (pack on the H100, x axis = shape: a bar per backend),
+docs/dashboard_gpu_routing_path.png (the GPU routing path: a series per backend and machine), docs/dashboard_training.png
+(a training metric: one series per router) and docs/dashboard_regressions.png. Each page but the first is
+opened as a user opens it: the benchmark's own URL with no parameters in it, so what is shown is
+asv's first view.
 Needs chromium (`apt-get install -y --no-install-recommends chromium`); uses tests/browser.py.
 """
 from __future__ import annotations
@@ -22,8 +24,10 @@ import browser  # noqa: E402  (tests/browser.py)
 from moe_routing_bench.suite import dashboard  # noqa: E402
 
 PAGES = {
+    # a view chosen by URL: bars per backend over the shapes, on the H100 (asv's x-axis control)
+    "dashboard_gpu_pack.png": "bench_pack.Pack.track_pack_us?x-axis=shape&machine=nvidia-h100-80gb-hbm3",
     "dashboard_gpu_routing_path.png": "bench_routing.RoutingPath.track_routing_path_us",
-    "dashboard_training.png": "exported.Training.track_best_val_loss",
+    "dashboard_training.png": "exported.Training.track_best_val_loss?x-axis=router&machine=nvidia-h100-80gb-hbm3",
     "dashboard_regressions.png": "regressions",
 }
 

@@ -6,8 +6,9 @@ plain `asv run` and `asv publish` do what this project needs:
 
 - `OfflineAssets` (an OutputPublisher, run after asv's own pages): copies the JavaScript and CSS
   that asv's index.html loads from CDNs into the output and points the page at the copies
-  (`dashboard.vendor_asv_assets`), so the dashboard renders with no network; and two small
-  edits of the published graph page (`dashboard.JS_PATCHES`: short legend labels, y axis from 0).
+  (`dashboard.vendor_asv_assets`), so the dashboard renders with no network; and three small
+  edits of the published graph page (`dashboard.JS_PATCHES`: short legend labels, y axis from 0,
+  bars of several series side by side).
 - `setup()` wraps two asv functions:
   * `Benchmarks.save` (called by `asv run` after discovery) keeps the entries of benchmarks the run
     did not discover: results exported into the store (they have no code to run) and GPU-only

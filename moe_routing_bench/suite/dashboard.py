@@ -468,6 +468,54 @@ JS_PATCHES: tuple[tuple[str, str, str, str], ...] = (
             }""",
      "y axis from zero for every unit, as asv does for seconds and bytes: otherwise the smallest "
      "value sits on the bottom edge (a zero-height bar, a half-hidden point)"),
+    ("graphdisplay.js",
+     """                options.xaxis.mode = 'categories';
+                options.xaxis.tickLength = 0;
+                options.series = {
+                    bars: {
+                        show: true,
+                        barWidth: 0.6 / graphs.length,
+                        align: "center"
+                    }
+                };
+
+                // deep copy graphs and html-escape x-labels
+                graphs = $.extend(true, [], orig_graphs);
+                $.each(graphs, function(i, graph) {
+                    $.each(graph.data, function(j, point) {
+                        point[0] = $("<span>").text('' + point[0]).html();
+                    });
+                });""",
+     """                options.xaxis.tickLength = 0;
+                options.series = {
+                    bars: {
+                        show: true,
+                        barWidth: 0.8 / orig_graphs.length,
+                        align: "center",
+                        lineWidth: 0,
+                        fill: 0.8
+                    }
+                };
+
+                // deep copy graphs; x = index of the html-escaped label, one tick per label
+                var categories = [];
+                graphs = $.extend(true, [], orig_graphs);
+                $.each(graphs, function(i, graph) {
+                    $.each(graph.data, function(j, point) {
+                        var label = $("<span>").text('' + point[0]).html();
+                        var k = categories.indexOf(label);
+                        if (k < 0) {
+                            categories.push(label);
+                            k = categories.length - 1;
+                        }
+                        point[0] = k;
+                    });
+                });
+                options.xaxis.ticks = $.map(categories, function(label, k) { return [[k, label]]; });
+                options.xaxis.min = -0.5;
+                options.xaxis.max = categories.length - 0.5;""",
+     "bars side by side: flot-orderbars offsets bars by the x range, which is NaN on string "
+     "categories, so every series but one was drawn nowhere (the backends' bars hid each other)"),
 )
 
 
