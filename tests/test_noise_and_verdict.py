@@ -70,3 +70,33 @@ def test_verdict_flags_only_changes_beyond_the_threshold(tmp_path, capsys, monke
     assert verdict.main([commits[0], commits[2], *args]) == 1  # 20% > 5%: slower
     assert "| slower" in capsys.readouterr().out
     assert verdict.main(["nonexistent-ref", commits[0], *args]) == 2
+
+
+@pytest.mark.slow
+def test_planted_slowdown_wraps_the_triton_stage_and_keeps_its_result(tmp_path):
+    archive = subprocess.run(["git", "archive", "--format=tar", "HEAD", "moe_routing_bench", "tools/plant_slowdown.py"],
+                             cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive, check=True)
+    import sys
+
+    assert subprocess.run([sys.executable, str(tmp_path / "tools" / "plant_slowdown.py"), "pack", "0.05"],
+                          capture_output=True).returncode == 0
+    assert subprocess.run([sys.executable, str(tmp_path / "tools" / "plant_slowdown.py"), "pack", "0.05"],
+                          capture_output=True).returncode == 2  # once only
+    code = """
+import os, sys, torch
+os.environ.setdefault("TRITON_INTERPRET", "1")
+sys.path.insert(0, sys.argv[1])
+import moe_routing_bench as mrb
+assert mrb.__file__.startswith(sys.argv[1])
+b, ref = mrb.get_backend("triton"), mrb.get_backend("torch")
+assert b.pack.__name__ == "pack" and "_planted_pack" in b.pack.__code__.co_names
+case = mrb.Case(64, 32, 4, 2, dtype="float32").validated()
+inputs = mrb.make_inputs(case)
+routing = ref.route(inputs.logits_TE, "softk", 2)
+plan = ref.build_plan(routing)
+torch.testing.assert_close(b.pack(inputs.x_TH, plan), ref.pack(inputs.x_TH, plan))
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
