@@ -22,6 +22,7 @@ VENV_PY = VENV / "bin" / "python"
 STAMP = VENV / ".moe-routing-bench-ready"
 TORCH_PIN = "torch==2.13.0"
 TRITON_PIN = "triton==3.7.1"
+ASV_MACHINE_FILE = Path("~/.asv-machine.json").expanduser()
 
 
 def _run(cmd: list[str], **kw) -> int:
@@ -44,6 +45,8 @@ def setup() -> None:
     """Idempotent: does the work once, then only when pyproject.toml changes."""
     pyproject = ROOT / "pyproject.toml"
     if STAMP.exists() and STAMP.stat().st_mtime >= pyproject.stat().st_mtime and _importable("moe_routing_bench"):
+        if not ASV_MACHINE_FILE.exists():
+            _check([VENV_PY, "-m", "moe_routing_bench.suite.store", "machine"])
         return
     if not VENV_PY.exists():
         _check([sys.executable, "-m", "venv", "--system-site-packages", VENV])
@@ -55,6 +58,8 @@ def setup() -> None:
     if missing:
         _check([VENV_PY, "-m", "pip", "install", "-q", *missing])
     _check([VENV_PY, "-m", "pip", "install", "-q", "-e", ".[test,bench]"])
+    # asv's machine file, so that `asv run` asks no questions and files results under the stable name
+    _check([VENV_PY, "-m", "moe_routing_bench.suite.store", "machine"])
     STAMP.touch()
 
 
