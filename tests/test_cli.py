@@ -62,7 +62,7 @@ def test_env_reports_copy_bandwidth(capsys):
     (["bench-topk", "--dtype", "float8"], "unknown dtype"),
     (["bench-topk", "--workload", "bursty"], "unknown workload"),
     (["bench-routing", "--capacity-factor", "0"], "capacity factor must be > 0"),
-    (["bench-capacity", "--capacity-factors", "1.0,-1"], "capacity factors must be > 0"),
+    (["bench-capacity", "--capacity-factors", "1.0,-1"], "capacity factor must be > 0"),
     (["bench-topk", "--iters", "0"], "--iters must be >= 1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):

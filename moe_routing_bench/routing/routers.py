@@ -23,7 +23,8 @@ from fractions import Fraction
 
 import torch
 
-from .validation import ConfigError, check_capacity_factor, check_top_k
+from .validation import (ConfigError, check_capacity_factor, check_finite, check_logits_shape, check_top_k,
+                         check_vector)
 
 STRATEGIES = ("top1", "topk-hard", "softk", "hash", "expert-choice", "aux-free")
 _ALIASES = {
@@ -112,6 +113,36 @@ def _hash_experts(token_ids_T: torch.Tensor, num_experts: int, k: int) -> torch.
     return torch.remainder(first[:, None] + offsets, num_experts)
 
 
+def check_route_args(
+    logits_TE: torch.Tensor,
+    strategy: str,
+    top_k: int,
+    *,
+    temperature: float = 1.0,
+    token_ids_T: torch.Tensor | None = None,
+    bias_E: torch.Tensor | None = None,
+    checked: bool = False,
+) -> str:
+    """Every backend's `route` checks its arguments here first (see `validation` for the policy);
+    returns the canonical strategy name. Shapes and dtypes always; values only when `checked`."""
+    strategy = canonical_strategy(strategy)
+    check_logits_shape(logits_TE)
+    T, E = logits_TE.shape
+    check_top_k(top_k, E)
+    if strategy == "top1" and top_k != 1:
+        raise ConfigError(f"top1 routes each token to exactly one expert; got top-k {top_k}")
+    if not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
+        raise ConfigError(f"temperature must be a finite number > 0, got {temperature}")
+    if strategy == "hash" and token_ids_T is None:
+        raise ConfigError("hash routing needs the token ids (token_ids_T)")
+    check_vector("token ids", token_ids_T, T, None, integer=True)  # moved to the logits' device
+    check_vector("bias_E", bias_E, E, logits_TE.device, integer=False)
+    if checked:
+        check_finite("router logits", logits_TE)
+        check_finite("bias_E", bias_E)
+    return strategy
+
+
 def route(
     logits_TE: torch.Tensor,
     strategy: str,
@@ -122,21 +153,18 @@ def route(
     token_ids_T: torch.Tensor | None = None,
     bias_E: torch.Tensor | None = None,
     capacity_factor: float | None = None,
+    checked: bool = False,
 ) -> Routing:
     """Route T tokens among E experts. See the module table for each strategy's semantics.
 
     `token_ids_T` (int) is required by `hash`; `bias_E` is aux-free's selection bias (zeros if None);
     `capacity_factor` sets expert-choice's per-expert token count C = ceil(cf*T*K/E) (cf 1 if None).
-    No host synchronisation: NaN logits are not checked here (see `errors.check_logits`)."""
-    strategy = canonical_strategy(strategy)
-    if logits_TE.dim() != 2:
-        raise ConfigError(f"router logits must be [tokens, experts], got shape {tuple(logits_TE.shape)}")
+    Invalid input (`validation` states the policy): shapes and dtypes raise ConfigError always;
+    NaN/inf logits or bias raise ConfigError only with `checked=True`, which synchronises the host;
+    unchecked, their result is unspecified. T = 0 gives empty [0, K] outputs."""
+    strategy = check_route_args(logits_TE, strategy, top_k, temperature=temperature, token_ids_T=token_ids_T,
+                                bias_E=bias_E, checked=checked)
     T, E = logits_TE.shape
-    check_top_k(top_k, E)
-    if strategy == "top1" and top_k != 1:
-        raise ConfigError(f"top1 routes each token to exactly one expert; got top-k {top_k}")
-    if not temperature > 0:
-        raise ConfigError(f"temperature must be > 0, got {temperature}")
     logits = logits_TE.float()
     probs_TE = torch.softmax(logits, dim=-1)
 
@@ -153,10 +181,6 @@ def route(
         return Routing(ids, weights, probs_TE)
 
     if strategy == "hash":
-        if token_ids_T is None:
-            raise ConfigError("hash routing needs the token ids (token_ids_T)")
-        if token_ids_T.shape != (T,):
-            raise ConfigError(f"token ids must have shape ({T},), got {tuple(token_ids_T.shape)}")
         ids = _hash_experts(token_ids_T.to(logits.device), E, top_k)
         return Routing(ids, torch.full(ids.shape, 1.0 / top_k, device=logits.device), probs_TE)
 
@@ -224,6 +248,6 @@ def update_aux_free_bias(bias_E: torch.Tensor, counts_E: torch.Tensor, gamma: fl
 
 
 __all__ = [
-    "STRATEGIES", "Routing", "balance_loss", "canonical_strategy", "capacity", "expert_counts",
+    "STRATEGIES", "Routing", "balance_loss", "canonical_strategy", "capacity", "check_route_args", "expert_counts",
     "jitter", "route", "topk_lowest_id", "update_aux_free_bias", "z_loss",
 ]
