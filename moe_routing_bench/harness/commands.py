@@ -12,6 +12,7 @@ import argparse
 import math
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -416,30 +417,33 @@ def cmd_roofline(job: Job) -> None:
                         warmup=args.warmup, copy_bytes_per_s=run.copy_bytes_per_s, flush_l2=args.flush_l2)
     for rec in recs:
         run.emit(rec)
-    run.finish(STAGE_COLUMNS)
-    plot_roofline(run.records, args.png)
+    plot_roofline(run.records, args.png)  # first: a failed plot leaves no records behind
     print(f"wrote {args.png}")
+    run.finish(STAGE_COLUMNS)
 
 
 # ------------------------------------------------------------------------------------ validation
 def _check_writable(path: str, flag: str) -> None:
-    """`path` can be created or appended to (checked before any work, so no result is lost)."""
+    """`path` can be appended to or created (tried now, before any work, so no result is lost at
+    the end; permission bits alone say nothing to root). Leaves no file behind."""
     if not path.strip():
         raise ConfigError(f"{flag} needs a file path")
     p = Path(path)
-    if p.exists():
-        if p.is_dir():
-            raise ConfigError(f"{flag} {path} is a directory")
-        if not os.access(p, os.W_OK):
-            raise ConfigError(f"{flag} {path} is not writable")
-        return
-    parent = p.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ConfigError(f"{flag} {path}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {path}: cannot create files under {parent}")
+    if p.is_dir():
+        raise ConfigError(f"{flag} {path} is a directory")
+    try:
+        if p.exists():
+            with open(p, "a"):
+                return
+        parent = p.parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise ConfigError(f"{flag} {path}: {parent} is not a directory")
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{flag} {path} cannot be written ({e.strerror or e})") from None
 
 
 def _grid(args, device: torch.device) -> list[bench.Case]:
@@ -472,7 +476,7 @@ def prepare(args) -> Job:
     """Validate every flag and build the Job; raises ConfigError before any work starts."""
     device = bench.resolve_device(args.device)
     if args.command in ("env", "publish"):
-        if getattr(args, "out", None):
+        if getattr(args, "out", None) is not None:
             _check_writable(args.out, "--out")
         return Job(args, device, [])
     if args.warmup < 0:
@@ -489,7 +493,7 @@ def prepare(args) -> Job:
         reason = backend_unavailable_reason(name)
         if reason is not None:
             raise ConfigError(f"backend {name}: {reason}")
-    if args.out:
+    if args.out is not None:
         _check_writable(args.out, "--out")
     if getattr(args, "png", None) is not None:
         _check_writable(args.png, "--png")
@@ -604,8 +608,14 @@ def main(argv: list[str] | None = None,
          extra_commands: Sequence[Callable[[argparse._SubParsersAction], None]] = ()) -> int:
     """Run one `moe-bench` command; 0 on success, 2 with one `moe-bench: error: ...` line on bad input."""
     start = time.perf_counter()
+    command = ""
     try:
-        args = build_parser(extra_commands).parse_args(argv)
+        parser = build_parser(extra_commands)
+        args, unknown = parser.parse_known_args(argv)
+        command = args.command
+        if unknown:  # reported under the subcommand's usage, not the top level's
+            raise ConfigError(f"{command}: unrecognized arguments: {' '.join(unknown)} "
+                              f"(see '{PROG} {command} --help')")
         if args.command == "publish":
             args.func(args)
         else:
@@ -613,14 +623,17 @@ def main(argv: list[str] | None = None,
             args.func(job)
         print(f"[{args.command} finished in {time.perf_counter() - start:.1f} s]", file=sys.stderr)
     except ConfigError as e:
-        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        message = _one_line(e)
+        if command and not message.startswith(f"{command}:"):
+            message = f"{command}: {message}"
+        print(f"{PROG}: error: {message}", file=sys.stderr)
         return 2
     except (torch.OutOfMemoryError, MemoryError) as e:
         print(f"{PROG}: error: out of memory ({_one_line(e)[:200]}); use smaller sizes", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk, a file that vanished: say which and what
-        print(f"{PROG}: error: {e.strerror or _one_line(e)}{': ' + str(e.filename) if e.filename else ''}",
-              file=sys.stderr)
+        where = f": {e.filename}" if e.filename else ""
+        print(f"{PROG}: error: {command + ': ' if command else ''}{e.strerror or _one_line(e)}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)

@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 
 from . import timing
+from .records import atomic_target
 from ..routing.backends import backend_unavailable_reason
 from .cases import STAGES, Case, bench_stages, make_inputs, resolve_device
 
@@ -114,7 +115,8 @@ def plot_roofline(records: Sequence[dict], png_path: str) -> str:
                 ax.set_title("latency-bound stages", fontsize=9)
             ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(png_path, dpi=110)
+    with atomic_target(png_path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return png_path
 
