@@ -24,6 +24,20 @@ from .timing import Timing, measure
 
 STAGES = ("topk", "plan", "pack", "combine", "routing_path")
 
+# The benchmark shapes (DESIGN section 7), one table for the harness, tests and tools.
+# benchmarks/common.py keeps its own copy: asv runs it against commits that predate this table.
+SHAPES = {
+    "cpu": dict(num_tokens=1024, hidden_dim=256, num_experts=16, top_k=2),  # CPU regression signal
+    "gpu": dict(num_tokens=16384, hidden_dim=4096, num_experts=128, top_k=2),  # the main GPU case: the targets
+    "gpu-wide": dict(num_tokens=4096, hidden_dim=7168, num_experts=256, top_k=8),  # pack/combine >= 90% of copy
+    "gpu-small": dict(num_tokens=8192, hidden_dim=1024, num_experts=32, top_k=2),  # launch cost shows
+}
+
+
+def main_shape(device: torch.device | str) -> dict:
+    """The shape a quick benchmark uses on `device`: SHAPES['gpu'] on CUDA, SHAPES['cpu'] otherwise."""
+    return dict(SHAPES["gpu" if torch.device(device).type == "cuda" else "cpu"])
+
 
 @dataclass(frozen=True)
 class Case:

@@ -32,7 +32,7 @@ PROG = "moe-bench"
 RUNS_DIR = "runs"  # default outputs (git-ignored)
 
 # The seed's spellings -> this CLI's: backend names, and flags (the parser accepts both flag spellings).
-SEED_BACKEND_NAMES = {"torch_soft": "torch"}
+SEED_BACKEND_NAMES = {"torch_soft": "torch", "torch_hard": "torch"}
 SEED_FLAG_ALIASES = {
     "--tokens": "--num-tokens", "--hidden": "--hidden-dim", "--experts": "--num-experts", "--topk": "--top-k",
     "--output": "--out", "--impl": "--backend", "--impl-topk": "--backend", "--soft_normalize": "--soft-normalize",
@@ -133,8 +133,9 @@ def _sizes(p, *, lists=(), tokens=16384, hidden=4096, experts=128, top_k=2, toke
 
     add("--num-tokens", "--tokens", "num_tokens", tokens, tokens_help)
     add("--hidden-dim", "--hidden", "hidden_dim", hidden, hidden_help)
-    add("--num-experts", "--experts", "num_experts", experts, "experts (E)")
-    add("--top-k", "--topk", "top_k", top_k, "experts per token (k); top1 uses 1")
+    add("--num-experts", "--experts", "num_experts", experts, "experts (E)" + ("; 0: 16 on a CPU, 128 on a GPU"
+                                                                               if experts == 0 else ""))
+    add("--top-k", "--topk", "top_k", top_k, "experts per token (k); top1 uses 1" + ("; 0: 2" if top_k == 0 else ""))
 
 
 def _run_flags(p, *, iters=100, backend="torch", out=None, out_help="") -> None:
@@ -197,6 +198,7 @@ class Runner:
         self.env = records.environment(self.device)
         self._copy = None
         self.records: list[dict] = []
+        self._start = time.perf_counter()
 
     @property
     def copy_bytes_per_s(self) -> float:
@@ -215,7 +217,7 @@ class Runner:
                              "soft_normalize": getattr(a, "soft_normalize", None), **extra})
 
     def progress(self, text: str) -> None:
-        print(f"[{self.args.command}] {text}", file=sys.stderr, flush=True)
+        print(f"[{self.args.command} {time.perf_counter() - self._start:5.1f} s] {text}", file=sys.stderr, flush=True)
 
     def finish(self, columns: list[str]) -> None:
         print(format_table(self.records, columns))
@@ -498,9 +500,8 @@ def prepare(args) -> Job:
     if getattr(args, "png", None) is not None:
         _check_writable(args.png, "--png")
     if args.command == "quick":  # small sizes on CPU: a smoke run, not a claim
-        cpu = device.type == "cpu"
-        args.num_tokens = args.num_tokens or (1024 if cpu else 16384)
-        args.hidden_dim = args.hidden_dim or (256 if cpu else 4096)
+        for name, value in bench.main_shape(device).items():
+            setattr(args, name, getattr(args, name) or value)
     return Job(args, device, backends, _grid(args, device))
 
 
@@ -515,8 +516,9 @@ def build_parser(extra_commands: Sequence[Callable[[argparse._SubParsersAction],
 
     p = add("quick", "the whole routing path (top-k, plan, pack, combine) at a small size",
             "Default backends: torch and compile, plus triton on a GPU (ask for the CPU interpreter with "
-            "--backend triton or all). Sizes default to T=1024 H=256 on a CPU, T=16384 H=4096 on a GPU.")
-    _sizes(p, tokens=0, hidden=0, tokens_help="tokens (T); 0: 1024 on a CPU, 16384 on a GPU",
+            "--backend triton or all). Sizes default to T=1024 H=256 E=16 k=2 on a CPU, T=16384 H=4096 E=128 k=2 "
+            "on a GPU (0 = that default).")
+    _sizes(p, tokens=0, hidden=0, experts=0, top_k=0, tokens_help="tokens (T); 0: 1024 on a CPU, 16384 on a GPU",
            hidden_help="hidden size (H); 0: 256 on a CPU, 4096 on a GPU")
     _run_flags(p, iters=20, backend="auto")
     _router_flags(p)
