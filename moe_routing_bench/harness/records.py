@@ -63,6 +63,7 @@ def environment(device: torch.device | str) -> dict:
         "torch": torch.__version__,
         "triton": triton_version(),
         "triton_interpreter": os.environ.get("TRITON_INTERPRET") == "1",
+        "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "host": platform.node(),
         "git_commit": git_commit(),

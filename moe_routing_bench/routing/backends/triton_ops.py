@@ -69,7 +69,7 @@ build_plan = functools.partial(plan_mod.build_plan, impl=plan_tensors)
 def pack(x_TH: torch.Tensor, plan: plan_mod.Plan) -> torch.Tensor:
     """`dispatch.pack`: expert-major packed rows [R, H] (push form; empty rows zero)."""
     dispatch.check_pack_input(x_TH, plan)
-    if not runs_here(x_TH, plan.row_TK):
+    if plan.num_tokens == 0 or not runs_here(x_TH, plan.row_TK):  # T = 0: no kernel launch with an empty grid
         return dispatch.pack(x_TH, plan)
     if x_TH.requires_grad and torch.is_grad_enabled():
         return PackFn.apply(x_TH, plan.row_TK, plan.token_index_R, plan.every_row_filled)
@@ -81,7 +81,7 @@ def pack(x_TH: torch.Tensor, plan: plan_mod.Plan) -> torch.Tensor:
 def combine(y_RH: torch.Tensor, plan: plan_mod.Plan) -> torch.Tensor:
     """`dispatch.combine`: out[t] = sum of kept gate * y[row] in float32, rounded once to y's dtype."""
     dispatch.check_combine_input(y_RH, plan)
-    if not runs_here(y_RH, plan.row_TK):
+    if plan.num_tokens == 0 or not runs_here(y_RH, plan.row_TK):
         return dispatch.combine(y_RH, plan)
     if (y_RH.requires_grad or plan.gate_TK.requires_grad) and torch.is_grad_enabled():
         return CombineFn.apply(y_RH, plan.gate_TK, plan.row_TK, plan.token_index_R, plan.every_row_filled)
