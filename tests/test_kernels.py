@@ -5,6 +5,8 @@ before any kernel is imported). Every kernel output buffer is poisoned (NaN floa
 the kernels write, so an element a kernel forgets shows up as a mismatch. Ids and plan fields must
 be equal; float values within float32 rounding (1e-5) or one bf16 step.
 """
+import os
+
 import pytest
 import torch
 

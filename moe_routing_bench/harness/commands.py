@@ -118,9 +118,10 @@ def _backend_list(text: str, device: torch.device) -> list[str]:
 
 
 def default_backends(device: torch.device) -> list[str]:
-    """`quick`'s and `roofline`'s default: every available backend, but triton only where it
-    compiles for a GPU (its CPU interpreter takes minutes and its times mean nothing)."""
-    return [b for b in available_backends() if b != "triton" or device.type == "cuda"]
+    """`quick`'s and `roofline`'s default (`--backend auto`): every available backend on a GPU; torch
+    alone on a CPU, where torch.compile's first compile takes 30-80 s on 2 cores and the Triton
+    interpreter minutes, with times that mean nothing (ask for them with --backend all)."""
+    return available_backends() if device.type == "cuda" else ["torch"]
 
 
 def _sizes(p, *, lists=(), tokens=16384, hidden=4096, experts=128, top_k=2, tokens_help="tokens per batch (T)",
@@ -147,7 +148,7 @@ def _run_flags(p, *, iters=100, backend="torch", out=None, out_help="") -> None:
     p.add_argument("--workload", default="uniform",
                    help="router logits: uniform | zipf | hot | balanced | file:PATH (a [N, E] tensor saved with torch.save)")
     p.add_argument("--backend", "--impl", "--impl-topk", dest="backend", default=backend, metavar="NAMES",
-                   help=f"comma-separated backends, 'all', or 'auto' (torch and compile, plus triton on a GPU): "
+                   help=f"comma-separated backends, 'all', or 'auto' (all on a GPU, torch on a CPU): "
                         f"{', '.join(BACKENDS)} (the seed's torch_soft = torch; --impl and --impl-topk are the "
                         f"seed's spellings)")
     p.add_argument("--out", "--output", dest="out", default=out, metavar="PATH",
@@ -256,6 +257,10 @@ def _stage_records(run: Runner, case: bench.Case, stages: tuple[str, ...]) -> No
     inputs = bench.make_inputs(case)
     copy = run.copy_bytes_per_s
     for name in run.job.backends:
+        if name != "torch":
+            run.progress(f"{name}: first calls ({'torch.compile compiles' if name == 'compile' else 'Triton kernels compile'}"
+                         f"{' in the interpreter' if name == 'triton' and run.env['triton_interpreter'] else ''}; "
+                         f"a cold cache takes a while)")
         fns = bench.stage_callables(get_backend(name), case, inputs)
         for stage in stages:
             rec = bench.stage_record(stage, case, name, run.time(fns[stage], case.device), copy)
@@ -515,8 +520,8 @@ def build_parser(extra_commands: Sequence[Callable[[argparse._SubParsersAction],
         return sub.add_parser(name, help=help_, description=f"{help_}.\n\n{description}".strip())
 
     p = add("quick", "the whole routing path (top-k, plan, pack, combine) at a small size",
-            "Default backends: torch and compile, plus triton on a GPU (ask for the CPU interpreter with "
-            "--backend triton or all). Sizes default to T=1024 H=256 E=16 k=2 on a CPU, T=16384 H=4096 E=128 k=2 "
+            "Default backends: all on a GPU; torch on a CPU (compile and the Triton interpreter when asked: "
+            "--backend all, or torch,compile). Sizes default to T=1024 H=256 E=16 k=2 on a CPU, T=16384 H=4096 E=128 k=2 "
             "on a GPU (0 = that default).")
     _sizes(p, tokens=0, hidden=0, experts=0, top_k=0, tokens_help="tokens (T); 0: 1024 on a CPU, 16384 on a GPU",
            hidden_help="hidden size (H); 0: 256 on a CPU, 4096 on a GPU")
@@ -590,7 +595,7 @@ def build_parser(extra_commands: Sequence[Callable[[argparse._SubParsersAction],
     p.set_defaults(func=cmd_env)
 
     p = add("roofline", "time, GB/s and percent of copy bandwidth per primitive and backend: JSONL and PNG",
-            "Default backends as quick's: triton only on a GPU unless asked for.")
+            "Default backends as quick's: all on a GPU, torch on a CPU unless asked for.")
     _sizes(p)
     _run_flags(p, backend="auto")
     _router_flags(p)

@@ -59,8 +59,10 @@ def load_recorded_logits(path: str, num_experts: int) -> torch.Tensor:
     try:
         recorded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a file that is not a safe tensor file
+        if "Weights only load failed" in str(e):
+            raise ConfigError(f"{where} holds pickled objects besides tensors: refused, loading it could run code") from None
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise ConfigError(f"{where} is not a tensor saved with torch.save ({first})") from None
+        raise ConfigError(f"{where} is not a tensor saved with torch.save ({type(e).__name__}: {first})") from None
     if not isinstance(recorded, torch.Tensor):
         raise ConfigError(f"{where} holds a {type(recorded).__name__}, not a tensor")
     if not recorded.is_floating_point():
