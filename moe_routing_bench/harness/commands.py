@@ -398,7 +398,8 @@ def cmd_moe_layer(job: Job) -> None:
                    "dense_mm_tflops": dense_flops / 1e12,
                    "pct_of_dense_fwd_bwd": 300 * flops_fwd / fb.median_s / dense_flops,
                    "bw_GiBps_strict": nbytes / (times["pack"].median_s + times["combine"].median_s) / 2**30,
-                   "bytes_per_token_strict": nbytes // case.num_tokens, **_routing_load(case, inputs)}
+                   "bytes_per_token_strict": nbytes // case.num_tokens, "capacity": plan.capacity,
+                   **metrics.load_stats(plan.counts_E), **metrics.drop_rates(plan.kept_TK, routing.valid_TK)}
             run.emit(rec)
             run.progress(f"{name} layer: forward stages {total_s * 1e3:.3f} ms, forward+backward {fb.median_s * 1e3:.3f} ms")
     run.finish(["name", "backend", "strategy", "router_ms", "plan_ms", "pack_ms", "ffn_ms", "combine_ms", "total_ms",
@@ -494,6 +495,9 @@ def prepare(args) -> Job:
         raise ConfigError("--cuda-graph times CUDA-graph replays and needs a CUDA device")
     if getattr(args, "expand", 1) < 1:
         raise ConfigError(f"--expand must be >= 1, got {args.expand}")
+    if args.command == "bench-moe-layer" and args.workload != "uniform":
+        raise ConfigError("the layer routes with its own router (logits from its weights), so --workload does not "
+                          "apply; drop it or use bench-routing")
     args.strategy = canonical_strategy(args.strategy)
     backends = _backend_list(args.backend, device)
     for name in backends:
@@ -558,7 +562,8 @@ def build_parser(extra_commands: Sequence[Callable[[argparse._SubParsersAction],
         p.set_defaults(func=lambda job, ops=ops, label=label: cmd_pack(job, ops, label))
 
     p = add("bench-moe-layer", "MoE layer: router + plan + pack + expert MLPs (grouped GEMM) + combine, "
-            "and forward + backward")
+            "and forward + backward", "The layer's own router computes the logits (seeded weights), so only "
+            "--workload uniform applies; load and drop statistics are the layer's.")
     _sizes(p, tokens=8192, hidden=1024, experts=32)
     _run_flags(p)
     _router_flags(p)
