@@ -169,3 +169,24 @@ def test_temperature_reaches_the_router(tmp_path):
 def test_seed_spellings_are_aliases(argv, tmp_path):
     argv = [str(tmp_path / "o.jsonl") if a == "OUT" else a for a in argv]
     assert main([*argv, "--device", "cpu", "--num-experts", "8", "--iters", "1", "--warmup", "0"]) == 0
+
+
+def test_an_interrupted_sweep_keeps_every_finished_case(tmp_path, monkeypatch, capsys):
+    """Records are appended after each case: Ctrl-C in the third grid point keeps the first two."""
+    from moe_routing_bench.harness import commands
+
+    out = tmp_path / "pack.jsonl"
+    real, calls = commands._stage_records, []
+
+    def interrupt_third(run, case, stages):
+        calls.append(case)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(run, case, stages)
+
+    monkeypatch.setattr(commands, "_stage_records", interrupt_third)
+    assert main(["sweep-pack", "--device", "cpu", "--tokens", "16,32,48", "--hidden", "8", "--experts", "4",
+                 "--topk", "1", "--iters", "1", "--warmup", "0", "--out", str(out)]) == 130
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["num_tokens"] for r in rows] == [16, 16, 32, 32]
+    assert "interrupted" in capsys.readouterr().err

@@ -199,6 +199,7 @@ class Runner:
         self.env = records.environment(self.device)
         self._copy = None
         self.records: list[dict] = []
+        self._saved = 0  # records[:_saved] are in --out already
         self._start = time.perf_counter()
 
     @property
@@ -220,11 +221,17 @@ class Runner:
     def progress(self, text: str) -> None:
         print(f"[{self.args.command} {time.perf_counter() - self._start:5.1f} s] {text}", file=sys.stderr, flush=True)
 
+    def save(self) -> None:
+        """Append the records not yet in --out: called after each case, so an interrupted sweep keeps
+        every finished case."""
+        if self.args.out and self._saved < len(self.records):
+            self._saved += records.append_jsonl(self.args.out, self.records[self._saved:])
+
     def finish(self, columns: list[str]) -> None:
+        self.save()
         print(format_table(self.records, columns))
         if self.args.out:
-            n = records.append_jsonl(self.args.out, self.records)
-            print(f"wrote {n} records to {self.args.out}")
+            print(f"wrote {self._saved} records to {self.args.out}")
 
 
 def format_table(rows: list[dict], columns: Sequence[str]) -> str:
@@ -273,6 +280,7 @@ def cmd_stages(job: Job, stages: tuple[str, ...]) -> None:
     run = Runner(job)
     for case in job.cases:
         _stage_records(run, case, stages)
+        run.save()
     run.finish(STAGE_COLUMNS)
 
 
@@ -322,6 +330,7 @@ def cmd_pack(job: Job, ops: tuple[str, ...], label: str) -> None:
                 rec.update(t.as_record(f"{o}_time_"))
             run.emit(rec)
             run.progress(f"{name} {label}: {seconds * 1e3:.3f} ms")
+        run.save()
     run.finish(["name", "num_tokens", "hidden_dim", "num_experts", "top_k", "avg_ms", "pack_ms", "combine_ms",
                 "bw_GBps_strict", "pct_of_copy", "load_cv"])
 
@@ -339,6 +348,7 @@ def cmd_capacity(job: Job) -> None:
             rec.update(load, name=f"pack_capacity_{name}", elapsed_ms=t.median_s * 1e3)
             run.emit(rec)
         run.progress(f"done E={case.num_experts} k={case.top_k} cf={case.capacity_factor}")
+        run.save()
     run.finish(["name", "num_experts", "top_k", "capacity_factor", "capacity", "avg_drop_rate", "token_drop_rate",
                 "median_us", "bw_GBps_strict", "pct_of_copy"])
 
@@ -347,6 +357,7 @@ def cmd_sweep_pack(job: Job) -> None:
     run = Runner(job)
     for case in job.cases:
         _stage_records(run, case, ("pack", "combine"))
+        run.save()
     run.finish(STAGE_COLUMNS)
 
 
@@ -402,6 +413,7 @@ def cmd_moe_layer(job: Job) -> None:
                    **metrics.load_stats(plan.counts_E), **metrics.drop_rates(plan.kept_TK, routing.valid_TK)}
             run.emit(rec)
             run.progress(f"{name} layer: forward stages {total_s * 1e3:.3f} ms, forward+backward {fb.median_s * 1e3:.3f} ms")
+        run.save()
     run.finish(["name", "backend", "strategy", "router_ms", "plan_ms", "pack_ms", "ffn_ms", "combine_ms", "total_ms",
                 "routing_share", "tflops_total", "fwd_bwd_ms", "tflops_fwd_bwd", "pct_of_dense_fwd_bwd", "avg_drop_rate"])
 
@@ -655,7 +667,7 @@ def main(argv: list[str] | None = None,
         print(f"{PROG}: error: {command + ': ' if command else ''}{e.strerror or _one_line(e)}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
+        print(f"{PROG}: interrupted; the records of every finished case are in --out (when given)", file=sys.stderr)
         return 130
     return 0
 
