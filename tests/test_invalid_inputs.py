@@ -1,7 +1,7 @@
 """One invalid-input policy on every backend (routing/validation.py states it; issue 12):
 shapes and dtypes rejected up front with ConfigError, values (NaN/inf, out-of-range expert ids)
-rejected in checked mode, T = 0 gives empty outputs. The triton backend runs its kernels (the
-interpreter on a machine without a GPU)."""
+rejected in checked mode, T = 0 gives empty outputs. Inputs live on the GPU when there is one, so
+the triton backend runs its compiled kernels there and the interpreter elsewhere."""
 from __future__ import annotations
 
 import pytest
@@ -12,6 +12,7 @@ from moe_routing_bench.routing.backends import BACKENDS, get_backend
 from moe_routing_bench.routing.validation import ConfigError
 
 T, E, H, K = 6, 8, 16, 2
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
 STRATEGIES = ["top1", "topk-hard", "softk", "hash", "expert-choice", "aux-free"]
 
 
@@ -26,7 +27,8 @@ def backend(request):
 
 def _good(t: int = T):
     gen = torch.Generator().manual_seed(0)
-    return torch.randn(t, E, generator=gen), torch.randn(t, H, generator=gen), torch.randint(0, 100, (t,), generator=gen)
+    return (torch.randn(t, E, generator=gen).to(DEV), torch.randn(t, H, generator=gen).to(DEV),
+            torch.randint(0, 100, (t,), generator=gen).to(DEV))
 
 
 BAD_ROUTE_CALLS = {
@@ -41,9 +43,10 @@ BAD_ROUTE_CALLS = {
     "temperature inf": lambda L, ids: (L, "softk", K, {"temperature": float("inf")}),
     "token ids short": lambda L, ids: (L, "hash", K, {"token_ids_T": ids[:-1]}),
     "token ids float": lambda L, ids: (L, "hash", K, {"token_ids_T": ids.float()}),
+    "bias on another device": lambda L, ids: (L, "aux-free", K, {"bias_E": torch.zeros(E, device="meta")}),
     "hash without ids": lambda L, ids: (L, "hash", K, {}),
-    "bias wrong length": lambda L, ids: (L, "aux-free", K, {"bias_E": torch.zeros(E + 1)}),
-    "bias integer": lambda L, ids: (L, "aux-free", K, {"bias_E": torch.zeros(E, dtype=torch.long)}),
+    "bias wrong length": lambda L, ids: (L, "aux-free", K, {"bias_E": torch.zeros(E + 1, device=DEV)}),
+    "bias integer": lambda L, ids: (L, "aux-free", K, {"bias_E": torch.zeros(E, dtype=torch.long, device=DEV)}),
     "unknown strategy": lambda L, ids: (L, "random", K, {}),
 }
 
@@ -66,7 +69,7 @@ BAD_ROUTINGS = {
     "1-D ids": lambda r: Routing(r.expert_ids_TK[:, 0], r.weights_TK, r.probs_TE),
     "weights shape": lambda r: Routing(r.expert_ids_TK, r.weights_TK[:-1], r.probs_TE),
     "integer weights": lambda r: Routing(r.expert_ids_TK, r.weights_TK.long(), r.probs_TE),
-    "valid shape": lambda r: Routing(r.expert_ids_TK, r.weights_TK, r.probs_TE, torch.ones(T, K + 1, dtype=torch.bool)),
+    "valid shape": lambda r: Routing(r.expert_ids_TK, r.weights_TK, r.probs_TE, torch.ones(T, K + 1, dtype=torch.bool, device=DEV)),
     "probs rows": lambda r: Routing(r.expert_ids_TK, r.weights_TK, r.probs_TE[:-1]),
 }
 
@@ -105,7 +108,7 @@ def test_non_finite_logits_are_an_error_in_checked_mode(backend, strategy, where
 
 def test_non_finite_aux_free_bias_is_an_error_in_checked_mode(backend):
     logits, _, _ = _good()
-    bias = torch.zeros(E)
+    bias = torch.zeros(E, device=DEV)
     bias[1] = float("nan")
     with pytest.raises(ConfigError, match="bias_E contain NaN"):
         backend.route(logits, "aux-free", K, bias_E=bias, checked=True)
@@ -154,8 +157,8 @@ def test_empty_batch_gives_empty_outputs(backend, strategy, cf, layout):
 @pytest.mark.parametrize("strategy, cf", [("softk", None), ("softk", 1.25), ("top1", 1.0), ("expert-choice", None)])
 def test_moe_layer_forward_and_backward_on_an_empty_batch(backend, strategy, cf):
     torch.manual_seed(0)
-    layer = MoELayer(MoEConfig(H, 2 * H, E, K, strategy=strategy, backend=backend.name, capacity_factor=cf))
-    x = torch.randn(0, H, requires_grad=True)
+    layer = MoELayer(MoEConfig(H, 2 * H, E, K, strategy=strategy, backend=backend.name, capacity_factor=cf)).to(DEV)
+    x = torch.randn(0, H, device=DEV, requires_grad=True)
     out, aux = layer(x)
     assert out.shape == (0, H)
     (out.sum() + aux.z_loss.nan_to_num()).backward()
