@@ -39,6 +39,12 @@ SEED_FLAG_ALIASES = {
 }
 
 
+
+def spellings(flag: str) -> list[str]:
+    """`flag` and the seed's spellings of it (SEED_FLAG_ALIASES): what the parser accepts."""
+    return [flag, *(seed for seed, ours in SEED_FLAG_ALIASES.items() if ours == flag)]
+
+
 # ---------------------------------------------------------------------------------------- parsing
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     pass
@@ -126,17 +132,17 @@ def default_backends(device: torch.device) -> list[str]:
 
 def _sizes(p, *, lists=(), tokens=16384, hidden=4096, experts=128, top_k=2, tokens_help="tokens per batch (T)",
            hidden_help="hidden size (H)") -> None:
-    def add(flag, alias, dest, default, help_):
+    def add(flag, dest, default, help_):
         many = dest in lists
-        p.add_argument(flag, alias, dest=dest, type=_ints if many else _int, default=[default] if many and
+        p.add_argument(*spellings(flag), dest=dest, type=_ints if many else _int, default=[default] if many and
                        not isinstance(default, list) else default, metavar="N,..." if many else "N",
                        help=help_ + (" (comma-separated list)" if many else ""))
 
-    add("--num-tokens", "--tokens", "num_tokens", tokens, tokens_help)
-    add("--hidden-dim", "--hidden", "hidden_dim", hidden, hidden_help)
-    add("--num-experts", "--experts", "num_experts", experts, "experts (E)" + ("; 0: 16 on a CPU, 128 on a GPU"
+    add("--num-tokens", "num_tokens", tokens, tokens_help)
+    add("--hidden-dim", "hidden_dim", hidden, hidden_help)
+    add("--num-experts", "num_experts", experts, "experts (E)" + ("; 0: 16 on a CPU, 128 on a GPU"
                                                                                if experts == 0 else ""))
-    add("--top-k", "--topk", "top_k", top_k, "experts per token (k); top1 uses 1" + ("; 0: 2" if top_k == 0 else ""))
+    add("--top-k", "top_k", top_k, "experts per token (k); top1 uses 1" + ("; 0: 2" if top_k == 0 else ""))
 
 
 def _run_flags(p, *, iters=100, backend="torch", out=None, out_help="") -> None:
@@ -147,11 +153,11 @@ def _run_flags(p, *, iters=100, backend="torch", out=None, out_help="") -> None:
     p.add_argument("--iters", type=_int, default=iters, help="timed repetitions (>= 1); the median is reported")
     p.add_argument("--workload", default="uniform",
                    help="router logits: uniform | zipf | hot | balanced | file:PATH (a [N, E] tensor saved with torch.save)")
-    p.add_argument("--backend", "--impl", "--impl-topk", dest="backend", default=backend, metavar="NAMES",
+    p.add_argument(*spellings("--backend"), dest="backend", default=backend, metavar="NAMES",
                    help=f"comma-separated backends, 'all', or 'auto' (all on a GPU, torch on a CPU): "
                         f"{', '.join(BACKENDS)} (the seed's torch_soft = torch; --impl and --impl-topk are the "
                         f"seed's spellings)")
-    p.add_argument("--out", "--output", dest="out", default=out, metavar="PATH",
+    p.add_argument(*spellings("--out"), dest="out", default=out, metavar="PATH",
                    help=out_help or "append full records as JSON lines here (nothing is written without it)")
     p.add_argument("--no-l2-flush", dest="flush_l2", action="store_false",
                    help="GPU: skip the L2 flush between repetitions (there is none on a CPU)")
@@ -162,7 +168,7 @@ def _router_flags(p) -> None:
     p.add_argument("--strategy", default="softk", help=" | ".join(STRATEGIES) + " (the seed's spellings too)")
     p.add_argument("--temperature", type=_finite, default=1.0,
                    help="softk: softmax temperature over the selected logits (> 0; other strategies record it)")
-    p.add_argument("--soft-normalize", "--soft_normalize", dest="soft_normalize", default="softmax",
+    p.add_argument(*spellings("--soft-normalize"), dest="soft_normalize", default="softmax",
                    choices=("softmax", "sum"),
                    help="the seed's flag; only softmax is implemented: the seed's 'sum' divided clamped logits, "
                         "which are not probabilities, and is mapped to softmax (recorded)")
@@ -607,7 +613,7 @@ def build_parser(extra_commands: Sequence[Callable[[argparse._SubParsersAction],
 
     p = add("env", "device, versions and the copy bandwidth measured now")
     p.add_argument("--device", default="auto", help="auto (cuda when present) | cpu | cuda")
-    p.add_argument("--out", "--output", dest="out", default=None, metavar="PATH",
+    p.add_argument(*spellings("--out"), dest="out", default=None, metavar="PATH",
                    help="append the environment as a JSON line here")
     p.set_defaults(func=cmd_env)
 
