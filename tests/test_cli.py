@@ -109,6 +109,7 @@ def test_readme_commands_parse_and_validate():
     """Every `moe-bench ...` line of the README is accepted as typed (parsed and validated, not run)."""
     from pathlib import Path
 
+    from moe_routing_bench.harness import ep_bench
     from moe_routing_bench.harness.commands import build_parser, prepare
     from moe_routing_bench.suite.dashboard import add_publish_command
 
@@ -118,6 +119,9 @@ def test_readme_commands_parse_and_validate():
     assert len(lines) >= 10
     for words in lines:
         args = build_parser([add_publish_command]).parse_args(words[1:])
+        if args.command == "bench-ep":  # validates its own flags
+            ep_bench.config_from_args(args)
+            continue
         if args.command in ("env", "publish"):
             continue
         args.device = "cpu"
@@ -128,7 +132,7 @@ def test_readme_commands_parse_and_validate():
 
 def test_cache_resident_percentages_are_marked(tmp_path, capsys):
     """CPU pack at a cache-sized shape runs faster than a 64 MiB copy: marked, not reported as bandwidth."""
-    from moe_routing_bench.harness.commands import format_table
+    from moe_routing_bench.harness.tables import format_table
 
     text = format_table([{"name": "pack", "pct_of_copy": 250.0, "cache_resident": True},
                          {"name": "combine", "pct_of_copy": 71.5, "cache_resident": False}], ["name", "pct_of_copy"])

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from tabulate import tabulate
 
 from . import cases as bench, ep_bench, records, timing
+from .tables import format_table
 from ..routing import metrics
 from ..routing.backends import BACKENDS, available_backends, backend_unavailable_reason, get_backend
 from ..routing.routers import STRATEGIES, canonical_strategy
@@ -238,28 +238,6 @@ class Runner:
         print(format_table(self.records, columns))
         if self.args.out:
             print(f"wrote {self._saved} records to {self.args.out}")
-
-
-def format_table(rows: list[dict], columns: Sequence[str]) -> str:
-    """A plain-text table of `columns` (those present); a cache-resident % of copy is marked '*'."""
-    columns = [c for c in columns if any(c in r for r in rows)]
-    if not rows or not columns:
-        return ""
-
-    def cell(r: dict, c: str):
-        v = r.get(c)
-        if c == "pct_of_copy" and v is not None and r.get("cache_resident"):
-            return f"{v:.0f}*"
-        if isinstance(v, float):
-            return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
-        return "-" if v is None else v
-
-    text = tabulate([[cell(r, c) for c in columns] for r in rows], headers=columns, disable_numparse=True,
-                    stralign="right")
-    if any(r.get("cache_resident") for r in rows):
-        text += ("\n* above 100% of copy: the data stayed in cache (cache_resident: true), so this is not a "
-                 "bandwidth figure")
-    return text
 
 
 STAGE_COLUMNS = ["name", "backend", "num_tokens", "hidden_dim", "num_experts", "top_k", "workload",
@@ -647,7 +625,7 @@ def main(argv: list[str] | None = None,
         if unknown:  # reported under the subcommand's usage, not the top level's
             raise ConfigError(f"{command}: unrecognized arguments: {' '.join(unknown)} "
                               f"(see '{PROG} {command} --help')")
-        if args.command == "publish":
+        if getattr(args, "standalone", False):  # validates its own flags (publish, bench-ep)
             args.func(args)
         else:
             job = prepare(args)

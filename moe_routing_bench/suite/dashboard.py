@@ -615,7 +615,7 @@ def add_publish_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("publish", help="asv publish of the result store, with its JavaScript served locally (renders offline)")
     p.add_argument("--config", default="asv.conf.json")
     p.add_argument("--serve", action="store_true", help="then serve the dashboard on 127.0.0.1 until interrupted")
-    p.set_defaults(func=_cmd_publish)
+    p.set_defaults(func=_cmd_publish, standalone=True)
 
 
 def _cmd_publish(args) -> None:
