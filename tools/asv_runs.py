@@ -135,11 +135,29 @@ def run_asv(tree: Path, workdir: Path, results_dir: Path, machine: str, bench: s
     subprocess.run(cmd, cwd=ROOT, env=env, check=False)
 
 
-def history(commits: list[str], bundle: Path | None, bench: str, machine: str | None) -> Path:
+def _write_bundle(out: Path, bundle: Path) -> None:
+    bundle.parent.mkdir(parents=True, exist_ok=True)
+    tmp = bundle.with_name(f".{bundle.name}.tmp")
+    with tarfile.open(tmp, "w") as tf:
+        for f in sorted(out.rglob("*.json")):
+            if not f.name.startswith("."):
+                tf.add(f, arcname=str(f.relative_to(out)))
+    os.replace(tmp, bundle)
+
+
+def history(commits: list[str], bundle: Path | None, bench: str, machine: str | None,
+            deadline_s: float | None = None) -> Path:
+    """Each commit in turn; the bundle is rewritten after every commit, so a run stopped by a time
+    limit keeps what it finished, and no commit is started past `deadline_s` (seconds from now)."""
     machine = store.register_machine(machine)["machine"]
     out = Path(tempfile.mkdtemp(prefix="asv-history-"))
+    start = time.time()
     for i, ref in enumerate(commits, 1):
         t0 = time.time()
+        if deadline_s is not None and i > 1 and (t0 - start) / (i - 1) > deadline_s - (t0 - start):
+            print(f"asv_runs: stopping before {ref}: the next commit would pass the {deadline_s:.0f} s deadline",
+                  flush=True)
+            break
         work = Path(tempfile.mkdtemp(prefix="asv-commit-"))
         tree, commit, date_ms = source_tree(ref, work)
         print(f"asv_runs: [{i}/{len(commits)}] {commit[:8]}", flush=True)
@@ -147,13 +165,10 @@ def history(commits: list[str], bundle: Path | None, bench: str, machine: str | 
         run_asv(tree, work, raw, machine, bench)
         store.import_results(raw, out, commit=commit, date_ms=date_ms)
         shutil.rmtree(work, ignore_errors=True)
+        if bundle:
+            _write_bundle(out, bundle)
         print(f"asv_runs: [{i}/{len(commits)}] {commit[:8]} done in {time.time() - t0:.0f} s", flush=True)
     if bundle:
-        bundle.parent.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(bundle, "w") as tf:
-            for f in sorted(out.rglob("*.json")):
-                if not f.name.startswith("."):
-                    tf.add(f, arcname=str(f.relative_to(out)))
         print(f"asv_runs: new results in {bundle} (tar xf it, then: python -m moe_routing_bench.suite.store "
               f"import-results <that folder>)")
     return out
@@ -249,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("history", help="run the suites for each commit, in order")
     p.add_argument("commits", nargs="+")
     p.add_argument("--bundle", type=Path, default=None, help="tar of the new result files")
+    p.add_argument("--deadline-s", type=float, default=None,
+                   help="start no commit that would end past this many seconds (the average so far as the guide)")
     p.add_argument("--bench", default=gpu_default, help="asv -b regex (asv searches it in names; no $ anchor)")
     p.add_argument("--machine", default=None)
     p = sub.add_parser("noise", help="spread of repeated runs of the working tree; thresholds from it")
@@ -261,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "pack":
         pack(args.commits)
     elif args.what == "history":
-        history(args.commits, args.bundle, args.bench, args.machine)
+        history(args.commits, args.bundle, args.bench, args.machine, args.deadline_s)
     elif args.what == "noise":
         if args.runs < 2:
             ap.error("--runs must be at least 2")

@@ -12,7 +12,7 @@
 # Environment: COMMITS (required; full hashes or refs, oldest first), OUT (where the one result tar
 # goes; default ./out), PYTHON (default python3; keep one interpreter path per machine: asv names
 # the environment after it), BENCH (asv -b regex; default the GPU methods, '^bench_.*\.track_'),
-# MACHINE (default: named after the GPU, e.g. nvidia-h200), NOISE_RUNS, MOE_BENCH_CACHE (Triton
+# MACHINE (default: named after the GPU, e.g. nvidia-h200), DEADLINE_S (start no commit past it), NOISE_RUNS, MOE_BENCH_CACHE (Triton
 # and inductor caches kept across processes and commits; default ~/.cache/moe-routing-bench).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -29,7 +29,7 @@ mkdir -p "$OUT"
 start=$(date +%s)
 if [ -n "${COMMITS:-}" ]; then
     # shellcheck disable=SC2086
-    "$PY" tools/asv_runs.py history $COMMITS --bundle "$OUT/asv_results.tar" ${BENCH:+--bench "$BENCH"} ${MACHINE:+--machine "$MACHINE"}
+    "$PY" tools/asv_runs.py history $COMMITS --bundle "$OUT/asv_results.tar" ${BENCH:+--bench "$BENCH"} ${MACHINE:+--machine "$MACHINE"} ${DEADLINE_S:+--deadline-s "$DEADLINE_S"}
     echo "gpu_asv.sh: $(echo $COMMITS | wc -w) commits in $(( $(date +%s) - start )) s"
 fi
 if [ -n "${NOISE_RUNS:-}" ]; then
