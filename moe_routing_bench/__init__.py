@@ -9,7 +9,7 @@ This module is the public API; `benchmarks/` and `train/` use nothing else. Impo
 torch, never triton or matplotlib.
 """
 from .harness.cases import SHAPES, STAGES, Case, bench_stages, main_shape, make_inputs, stage_callables
-from .harness.commands import SEED_BACKEND_NAMES, SEED_FLAG_ALIASES
+from .harness.seed_names import SEED_BACKEND_NAMES, SEED_FLAG_ALIASES
 from .harness.records import append_jsonl, atomic_target, environment, read_jsonl, write_atomic
 from .harness.timing import Timing, copy_bandwidth, cuda_event_timer, matmul_flops, measure, stable_cpu_allocator
 from .routing import expert_parallel, metrics

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import torch
 
 from . import cases as bench, ep_bench, records, timing
+from .seed_names import SEED_BACKEND_NAMES, SEED_FLAG_ALIASES, spellings
 from .tables import format_table
 from ..routing import metrics
 from ..routing.backends import BACKENDS, available_backends, backend_unavailable_reason, get_backend
@@ -30,19 +31,6 @@ from ..routing.validation import ConfigError, check_capacity_factor, parse_dtype
 
 PROG = "moe-bench"
 RUNS_DIR = "runs"  # default outputs (git-ignored)
-
-# The seed's spellings -> this CLI's: backend names, and flags (the parser accepts both flag spellings).
-SEED_BACKEND_NAMES = {"torch_soft": "torch", "torch_hard": "torch"}
-SEED_FLAG_ALIASES = {
-    "--tokens": "--num-tokens", "--hidden": "--hidden-dim", "--experts": "--num-experts", "--topk": "--top-k",
-    "--output": "--out", "--impl": "--backend", "--impl-topk": "--backend", "--soft_normalize": "--soft-normalize",
-}
-
-
-
-def spellings(flag: str) -> list[str]:
-    """`flag` and the seed's spellings of it (SEED_FLAG_ALIASES): what the parser accepts."""
-    return [flag, *(seed for seed, ours in SEED_FLAG_ALIASES.items() if ours == flag)]
 
 
 # ---------------------------------------------------------------------------------------- parsing
