@@ -5,6 +5,7 @@ imported). Every kernel output buffer is poisoned (NaN floats, sentinel ints, a 
 the kernels write, so an element a kernel forgets shows up as a mismatch. Ids and plan fields must
 be equal; float values within float32 rounding (1e-5) or one bf16 step.
 """
+import functools
 import os
 
 import torch
@@ -30,9 +31,8 @@ PLAN_INT_FIELDS = ("counts_E", "kept_counts_E", "offsets_E1", "slot_TK", "kept_T
 
 @pytest.fixture(autouse=True)
 def poisoned_outputs():
-    _common.set_poison("a")
-    yield
-    _common.set_poison(None)
+    with _common.using(poison="a", tune_cache=""):
+        yield
 
 
 def gen(seed):
@@ -239,12 +239,12 @@ def test_plan_with_invalid_slots_expert_choice(policy, cf, layout):
 
 
 def test_plan_explicit_capacity_and_poison_b():
-    _common.set_poison("b")
     r = routing_for("random", 640, 24, 3, seed=2)
-    for policy in ("position", "score"):
-        for layout in ("ragged", "padded"):
-            kw = dict(capacity=7, drop_policy=policy, layout=layout)
-            assert_same_plan(build_plan(r, **kw), plan_mod.build_plan(r, **kw))
+    with _common.using(poison="b"):
+        for policy in ("position", "score"):
+            for layout in ("ragged", "padded"):
+                kw = dict(capacity=7, drop_policy=policy, layout=layout)
+                assert_same_plan(build_plan(r, **kw), plan_mod.build_plan(r, **kw))
 
 
 def test_plan_gate_carries_the_router_gradient():
@@ -373,9 +373,5 @@ def test_plan_launch_configs_all_compute_the_reference(cfg, cf, layout, valid):
     else:
         r = routing_for("skewed", 700, 37, 3, seed=14)
     kw = dict(capacity_factor=cf, layout=layout, renormalize_kept=True)
-    kplan.set_plan_config(cfg)
-    try:
-        got = build_plan(r, **kw)
-    finally:
-        kplan.set_plan_config(None)
+    got = plan_mod.build_plan(r, **kw, impl=functools.partial(kplan.plan_tensors, config=cfg))
     assert_same_plan(got, plan_mod.build_plan(r, **kw))

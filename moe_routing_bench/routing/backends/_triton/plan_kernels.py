@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from ...plan import num_rows
-from .launch import INTERPRET, Launcher, autotune_enabled, cdiv, empty, next_pow2
+from .launch import INTERPRET, LAUNCHERS, TUNE_CACHE, Launcher, autotune_enabled, cdiv, empty, next_pow2
 
 
 @triton.jit
@@ -288,35 +288,39 @@ def gate_reference(weights_TK, kept_TK, valid_TK, renormalize_kept):
 
 # Launch configs of the position-policy plan: (assignments per block, pairwise chunk, rank-kernel warps,
 # SCANNED: a separate parallel block scan (3 launches) or each rank program summing the histograms
-# itself (2 launches)). On a GPU with autotuning on, the first call per shape times these (after
-# checking each against the first) and keeps the fastest; otherwise DEFAULT_PLAN_CONFIG.
+# itself (2 launches)). On a GPU with autotuning on, the first call per device and shape class times
+# these (after checking each against the first), keeps the fastest in the tune cache; otherwise
+# DEFAULT_PLAN_CONFIG. `plan_tensors(..., config=...)` forces one.
 PLAN_CONFIGS = [(256, 32, 4, False), (256, 64, 8, False), (256, 64, 8, True), (128, 128, 8, True),
                 (128, 64, 4, True), (64, 64, 4, True), (512, 64, 8, True)]
 DEFAULT_PLAN_CONFIG = (1024, 256, 4, False) if INTERPRET else (256, 32, 4, False)
-_plan_state = {"override": None, "chosen": {}}
 
 
-def set_plan_config(cfg: tuple | None) -> None:
-    """Force one plan config (tests, the GPU script); None restores the default/tuned choice."""
-    _plan_state["override"] = tuple(cfg) if cfg is not None else None
+class _PlanTuning:
+    """The plan's config choice (several launches, so not one Launcher): `last` as in `configs_used`."""
+
+    name = "plan"
+
+    def __init__(self):
+        self.chosen: dict[str, tuple] = {}
+        self.last: dict = {}
+        LAUNCHERS.append(self)
 
 
-def plan_config_choices() -> dict:
-    """The configs the plan tuner chose so far, by shape key, with the times it measured (ms)."""
-    return dict(_plan_state["chosen"])
+_PLAN = _PlanTuning()
 
 
 def _fixed(**cfg):
     return lambda args, meta: cfg
 
 
-_HIST = Launcher(_hist_kernel, _fixed(num_warps=4))
-_BSCAN = Launcher(_block_scan_kernel, _fixed(num_warps=4))
-_RANK4 = Launcher(_rank_kernel, _fixed(num_warps=4))
-_RANK8 = Launcher(_rank_kernel, _fixed(num_warps=8))
-_SCAN = Launcher(_scan_kernel, _fixed(num_warps=4))
-_SCORE = Launcher(_score_kernel, _fixed(num_warps=4))
-_GATE = Launcher(_gate_kernel, _fixed(num_warps=4))
+_HIST = Launcher(_hist_kernel, _fixed(num_warps=4), name="plan_hist")
+_BSCAN = Launcher(_block_scan_kernel, _fixed(num_warps=4), name="plan_block_scan")
+_RANK4 = Launcher(_rank_kernel, _fixed(num_warps=4), name="plan_rank_w4")
+_RANK8 = Launcher(_rank_kernel, _fixed(num_warps=8), name="plan_rank_w8")
+_SCAN = Launcher(_scan_kernel, _fixed(num_warps=4), name="plan_scan")
+_SCORE = Launcher(_score_kernel, _fixed(num_warps=4), name="plan_score")
+_GATE = Launcher(_gate_kernel, _fixed(num_warps=4), name="plan_gate")
 
 
 def _geometry(T, K, E, R, has_valid, cfg):
@@ -350,11 +354,19 @@ def _position_plan(ids, valid, w, outs, T, K, E, C, R, has_valid, has_cap, padde
              ROWS_PER_PROG=next_pow2(max(1, cdiv(R, NB))), BLOCK_NB=max(1, min(next_pow2(NB), 4096 // NUM_BINS))))
 
 
-def _tuned_plan_config(key, run):
-    """Time every PLAN_CONFIGS entry on this shape (each checked against the first), keep the fastest."""
-    if key in _plan_state["chosen"]:
-        return _plan_state["chosen"][key]["config"]
+def _tuned_plan_config(key: str, run) -> tuple:
+    """The config for this shape class: chosen before (this process or the tune cache), else time every
+    PLAN_CONFIGS entry on this shape (each checked against the first) and keep the fastest."""
+    if key in _PLAN.chosen:
+        _PLAN.last = {"key": key, "config": _PLAN.chosen[key], "source": "tuned"}
+        return _PLAN.chosen[key]
+    cached = TUNE_CACHE.get(key)
+    if cached is not None:
+        _PLAN.chosen[key] = tuple(cached)
+        _PLAN.last = {"key": key, "config": tuple(cached), "source": "tune-cache"}
+        return tuple(cached)
     if torch.cuda.is_current_stream_capturing():
+        _PLAN.last = {"key": key, "config": DEFAULT_PLAN_CONFIG, "source": "fixed (capturing)"}
         return DEFAULT_PLAN_CONFIG
     from triton.testing import do_bench
 
@@ -370,7 +382,9 @@ def _tuned_plan_config(key, run):
         except Exception:  # a config that does not compile here is skipped
             continue
     best = min(times, key=times.get) if times else DEFAULT_PLAN_CONFIG
-    _plan_state["chosen"][key] = {"config": best, "times_ms": {str(k): v for k, v in times.items()}}
+    TUNE_CACHE.put(key, list(best), {str(k): v for k, v in times.items()})
+    _PLAN.chosen[key] = best
+    _PLAN.last = {"key": key, "config": best, "source": "tuned now"}
     return best
 
 
@@ -383,8 +397,11 @@ def plan_tensors(
     drop_policy: str,
     renormalize_kept: bool,
     layout: str,
+    *,
+    config: tuple | None = None,
 ) -> tuple[torch.Tensor, ...]:
-    """Triton version of `moe_routing_bench.plan.plan_tensors` (same signature and result)."""
+    """Triton version of `moe_routing_bench.plan.plan_tensors` (same signature and result); `config`
+    forces one position-policy launch config (tests), else the tuned or default one."""
     T, K = expert_ids_TK.shape
     E, A = num_experts, T * K
     dev = expert_ids_TK.device
@@ -416,11 +433,15 @@ def plan_tensors(
             _position_plan(ids, valid, w, outs, T, K, E, C, R, has_valid, has_cap, padded, renormalize_kept, cfg)
             return outs
 
-        cfg = _plan_state["override"]
+        cfg = config
         if cfg is None:
             cfg = DEFAULT_PLAN_CONFIG
             if autotune_enabled():
-                cfg = _tuned_plan_config((T, K, E, has_valid, has_cap, padded, renormalize_kept), run)
+                key = (f"plan|K={K}|E={E}|valid={has_valid}|cap={has_cap}|padded={padded}|renorm={renormalize_kept}"
+                       f"|T~{next_pow2(T)}")
+                cfg = _tuned_plan_config(key, run)
+            else:
+                _PLAN.last = {"key": "plan", "config": cfg, "source": "fixed"}
         run(cfg)
     else:
         K_PAD, BLOCK_T, NB, NUM_BINS = _geometry(T, K, E, R, has_valid, DEFAULT_PLAN_CONFIG)

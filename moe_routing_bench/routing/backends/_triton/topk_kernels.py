@@ -149,7 +149,7 @@ def _prune(configs, named_args, **kwargs):
 
 
 _LAUNCH = Launcher(_route_kernel, lambda args, meta: _default_config(args[5], args[6]), _configs(),
-                   key=("E", "K", "MODE", "WRITE_PROBS"), prune=_prune)
+                   key=("E", "K", "MODE", "WRITE_PROBS"), bucket=("T",), prune=_prune, name="topk")
 
 
 def route_topk(
