@@ -6,6 +6,7 @@
 | `build_plan` | position policy: `plan._hist_kernel` [+ `_block_scan_kernel`] + `_rank_kernel` (2-3 launches, config tuned per shape on a GPU); score policy: `_hist/_scan_kernel`, one stable torch.sort of (expert, -weight) keys (torch fallback), `_score/_gate_kernel` | - |
 | `pack`       | `pack._pack_kernel` (+ `autograd.PackFn`)                    | -                               |
 | `combine`    | `combine._combine_kernel` (+ `autograd.CombineFn`, backward `_combine_bwd_kernel`) | -          |
+| `fused_experts` | pack + GELU expert MLPs + combine of `MoELayer`: `grouped_gemm_kernels` with the gather in the first GEMM's loads (`autograd.ExpertsFn` backward: gathers and gates in the GEMM loads, no atomics) | None (the layer's unfused path) when the tensors are not where Triton runs or fp16 |
 Every primitive also falls back when its tensors are not where Triton runs (CPU tensors on a CUDA
 machine; CUDA tensors under the interpreter). Each computes the same function as the reference:
 same Plan fields, ids exact, lower expert id wins ties, float values within rounding.
@@ -26,7 +27,7 @@ from .. import plan as plan_mod
 from .base import Backend
 from ..validation import ConfigError
 from ._triton.launch import runs_here
-from ._triton.autograd_fns import CombineFn, PackFn, RouteFn
+from ._triton.autograd_fns import CombineFn, ExpertsFn, PackFn, RouteFn, experts_forward
 from ._triton.plan_kernels import plan_tensors as _triton_plan_tensors
 from ._triton.topk_kernels import MAX_EXPERTS, MAX_TOP_K, MODES, route_topk
 
@@ -94,6 +95,19 @@ def combine(y_RH: torch.Tensor, plan: plan_mod.Plan) -> torch.Tensor:
     return combine_rows(y_RH, plan.row_TK, plan.gate_TK)
 
 
+def fused_experts(x_TH: torch.Tensor, w1_EHF: torch.Tensor, w2_EFH: torch.Tensor,
+                  plan: plan_mod.Plan) -> torch.Tensor | None:
+    """combine(gelu(pack(x) W1_e) W2_e) without the packed copy of x (weights in any float dtype, cast to
+    x's in the GEMM loads); None when this backend has no fused path for these tensors."""
+    if not runs_here(x_TH, w1_EHF, w2_EFH, plan.row_TK) or x_TH.dtype not in (torch.bfloat16, torch.float32):
+        return None
+    args = (x_TH, w1_EHF, w2_EFH, plan.gate_TK, plan.row_TK, plan.token_index_R, plan.kept_counts_E,
+            plan.offsets_E1)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in args[:4]):
+        return ExpertsFn.apply(*args)
+    return experts_forward(*args, save=False)[0]
+
+
 def triton_backend() -> Backend:
     """The registry entry `triton` (see `moe_routing_bench.backends`)."""
-    return Backend("triton", route, build_plan, pack, combine)
+    return Backend("triton", route, build_plan, pack, combine, fused_experts)
