@@ -17,6 +17,7 @@ import pytest  # noqa: E402
 
 from moe_routing_bench.routing import routers  # noqa: E402
 from moe_routing_bench.routing.backends._triton import launch  # noqa: E402
+from moe_routing_bench.routing.backends._triton.grouped_gemm_kernels import gemm_configs  # noqa: E402
 from moe_routing_bench.routing.layer import MoEConfig, MoELayer  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -122,6 +123,27 @@ def test_fused_layer_at_gpu_tile_sizes(T, H, F, E, K, cf):
                                weight_dtype=torch.bfloat16, seed=T)
     with launch.using(poison="a", autotune=True):
         o1, gx1, g1, _ = run(fused, x, go)
+    o2, gx2, g2, _ = run(ref, x, go)
+    assert rel(o1, o2) < 2e-2 and rel(gx1, gx2) < 2e-2
+    for name in g2:
+        assert rel(g1[name], g2[name]) < 3e-2, name
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cfg", gemm_configs(), ids=str)
+@pytest.mark.parametrize("weight_dtype", [torch.bfloat16, torch.float32])
+def test_every_gemm_config_computes_the_reference(cfg, weight_dtype):
+    """Each grouped-GEMM config the tuner may pick, forced (float32 weights may not fit some: skipped
+    only when Triton reports too little shared memory)."""
+    ref, fused, x, go = layers("softk", 1.25, T=1500, H=512, F=768, E=8, K=2, dtype=torch.bfloat16,
+                               weight_dtype=weight_dtype, seed=7)
+    try:
+        with launch.using(poison="a", force_config={"grouped_gemm": cfg, "grouped_wgrad": cfg}):
+            o1, gx1, g1, _ = run(fused, x, go)
+    except Exception as exc:  # noqa: BLE001
+        if "OutOfResources" in type(exc).__name__ or "shared memory" in str(exc):
+            pytest.skip(f"config does not fit: {exc}")
+        raise
     o2, gx2, g2, _ = run(ref, x, go)
     assert rel(o1, o2) < 2e-2 and rel(gx1, gx2) < 2e-2
     for name in g2:

@@ -33,12 +33,14 @@ class LaunchOptions:
     defaults). fast_launch: relaunch cached compiled kernels directly. poison: tests fill every kernel
     output with a sentinel first ("a": NaN / -1234567 / True, "b": NaN / 7654321 / False).
     tune_cache: directory of the per-device tuning files (None: $MRB_TUNE_CACHE or
-    ~/.cache/moe_routing_bench); "" keeps choices in memory only."""
+    ~/.cache/moe_routing_bench); "" keeps choices in memory only. force_config: {kernel name: config
+    kwargs} run those kernels with that config whatever the tuning (tests check every candidate)."""
 
     autotune: bool = True
     fast_launch: bool = True
     poison: str | None = None
     tune_cache: str | None = None
+    force_config: dict | None = None
 
 
 _OPTIONS = contextvars.ContextVar("mrb_launch_options", default=LaunchOptions(
@@ -227,7 +229,7 @@ class Launcher:
 
     def _tune(self, grid_fn, args, meta, skey):
         kw = {"prune_configs_by": {"early_config_prune": self.prune}} if self.prune else {}
-        tuner = triton.autotune(configs=self.configs, key=list(self.key), **kw)(self.kernel)
+        tuner = triton.autotune(configs=self.configs, key=list(self.key), do_bench=_tuning_bench, **kw)(self.kernel)
         tuner[lambda M: grid_fn(M)](*args, **meta)
         cfg = _config_kwargs(tuner.best_config)
         timings = getattr(tuner, "configs_timings", None) or {}
@@ -237,7 +239,11 @@ class Launcher:
 
     def __call__(self, grid_fn, args: tuple, meta: dict):
         """Launch on grid `grid_fn(config_kwargs)`."""
-        if autotune_enabled() and self.configs:
+        forced = options().force_config
+        if forced and self.name in forced:
+            cfg = _config_kwargs(forced[self.name])
+            self.last = {"key": self.name, "config": cfg, "source": "forced"}
+        elif autotune_enabled() and self.configs:
             named = dict(zip(self.kernel.arg_names, args))
             named.update(meta)
             skey = shape_key(self.name, named, self.key, self.bucket)
@@ -253,7 +259,8 @@ class Launcher:
                     return
                 if cfg is None:
                     cfg, source = _config_kwargs(self.default(args, meta)), "fixed (capturing)"
-                self.chosen[skey] = cfg
+                else:
+                    self.chosen[skey] = cfg
             self.last = {"key": skey, "config": cfg, "source": source}
         else:
             cfg = _config_kwargs(self.default(args, meta))
@@ -283,6 +290,13 @@ class Launcher:
             self.fast.clear()
             self.fast_ok = False
             self.kernel[grid](*args, **kwargs)
+
+
+def _tuning_bench(kernel_call, quantiles):
+    """What the tuner times each candidate with: CUDA events, median of ~25 ms after 5 ms of warm-up."""
+    from triton.testing import do_bench
+
+    return do_bench(kernel_call, warmup=5, rep=25, quantiles=quantiles)
 
 
 def _no_launch_hooks() -> bool:

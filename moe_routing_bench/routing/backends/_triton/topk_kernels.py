@@ -133,7 +133,7 @@ def _default_config(T: int, E: int) -> dict:
     return dict(BLOCK_T=block_t, num_warps=4)
 
 
-def _configs() -> list:
+def configs() -> list:
     out = []
     for block_t in (1, 2, 4, 8, 16, 32):
         for warps in (4, 8):
@@ -148,7 +148,7 @@ def _prune(configs, named_args, **kwargs):
     return keep or configs[:1]
 
 
-_LAUNCH = Launcher(_route_kernel, lambda args, meta: _default_config(args[5], args[6]), _configs(),
+_LAUNCH = Launcher(_route_kernel, lambda args, meta: _default_config(args[5], args[6]), configs(),
                    key=("E", "K", "MODE", "WRITE_PROBS"), bucket=("T",), prune=_prune, name="topk")
 
 
