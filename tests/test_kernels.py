@@ -256,6 +256,31 @@ def test_plan_matches_reference(kind, T, E, K, cf, policy, layout, renorm):
         assert not bool(a.kept_TK.all())  # the case really drops
 
 
+@pytest.mark.parametrize("cfg", [(64, 32, 4, True), (1024, 256, 4, False), (256, 64, 8, False)])
+@pytest.mark.parametrize("T,E,K,cf,layout", [(700, 60, 2, None, "ragged"), (333, 37, 3, 0.7, "padded"),
+                                             (300, 128, 8, 1.0, "ragged"), (1000, 16, 1, 1.5, "padded")])
+def test_plan_from_the_fused_routers_histogram(cfg, T, E, K, cf, layout):
+    """The router kernel's per-block histogram replaces the plan's histogram launch (plan blocks a
+    multiple of router blocks, both scan variants); replaced ids are never planned from a stale one."""
+    from moe_routing_bench.routing.backends._triton import plan_kernels as kplan
+
+    with _common.using(force_config={"topk": dict(BLOCK_T=16, num_warps=4)}):  # router blocks of 16 tokens
+        r = route(randn(T, E, seed=T + K), "softk", K)
+    hist = r.histogram_for_plan()
+    assert hist is not None and hist[0].dtype == torch.int32
+    assert torch.equal(hist[0].sum(0)[:E].long(), torch.bincount(r.expert_ids_TK.view(-1), minlength=E))
+    kw = dict(capacity_factor=cf, layout=layout, renormalize_kept=True)
+    ref = plan_mod.build_plan(r, **kw)
+    aligned = kplan._hist_ratio(hist, max(1, cfg[0] // kplan.next_pow2(K)), kplan.next_pow2(E), False) > 0
+    assert aligned == (max(1, cfg[0] // kplan.next_pow2(K)) % hist[1] == 0)  # else the plan counts itself
+    assert_same_plan(plan_mod.build_plan(r, **kw, impl=functools.partial(kplan.plan_tensors, config=cfg,
+                                                                         block_hist=hist)), ref)
+    assert_same_plan(build_plan(r, **kw), ref)
+    r.expert_ids_TK[0, 0] = (r.expert_ids_TK[0, 0] + 1) % E  # written since: the histogram no longer counts them
+    assert r.histogram_for_plan() is None
+    assert_same_plan(build_plan(r, **kw), plan_mod.build_plan(r, **kw))
+
+
 @pytest.mark.parametrize("policy", ["position", "score"])
 @pytest.mark.parametrize("cf,layout", [(None, "ragged"), (1.0, "ragged"), (0.5, "padded")])
 def test_plan_with_invalid_slots_expert_choice(policy, cf, layout):

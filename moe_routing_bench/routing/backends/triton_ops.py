@@ -3,7 +3,7 @@
 | primitive    | kernels                                                     | torch reference instead when    |
 |--------------|-------------------------------------------------------------|---------------------------------|
 | `route`      | `topk._route_kernel` (+ `autograd.RouteFn` under autograd)  | strategy `hash` or `expert-choice` (no fused kernel: they are not a per-token top-k); E > 4096 or K > 16 |
-| `build_plan` | position policy: `plan._hist_kernel` [+ `_block_scan_kernel`] + `_rank_kernel` (2-3 launches, config tuned per shape on a GPU); score policy: `_hist/_scan_kernel`, one stable torch.sort of (expert, -weight) keys (torch fallback), `_score/_gate_kernel` | - |
+| `build_plan` | position policy: `plan._hist_kernel` [+ `_block_scan_kernel`] + `_rank_kernel` (2-3 launches, config tuned per shape on a GPU; the histogram launch is skipped when the fused router wrote one, `FusedRouting`); score policy: `_hist/_scan_kernel`, one stable torch.sort of (expert, -weight) keys (torch fallback), `_score/_gate_kernel` | - |
 | `pack`       | `pack._pack_kernel` (+ `autograd.PackFn`)                    | -                               |
 | `combine`    | `combine._combine_kernel` (+ `autograd.CombineFn`, backward `_combine_bwd_kernel`) | -          |
 | `fused_experts` | pack + GELU expert MLPs + combine of `MoELayer`: `grouped_gemm_kernels` with the gather in the first GEMM's loads (`autograd.ExpertsFn` backward: gathers and gates in the GEMM loads, no atomics) | None (the layer's unfused path) when the tensors are not where Triton runs or fp16 |
@@ -19,6 +19,7 @@ recomputes the reference formulas for the chosen ids (`autograd.RouteFn`).
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 
@@ -55,22 +56,46 @@ def route(logits_TE: torch.Tensor, strategy: str, top_k: int, *, temperature: fl
     mode = MODES[name]
     bias = bias_E if name == "aux-free" else None
     if logits_TE.requires_grad and torch.is_grad_enabled():
-        ids, w, probs = RouteFn.apply(logits_TE, mode, top_k, float(temperature), bias)
+        ids, w, probs, hist, block_t = RouteFn.apply(logits_TE, mode, top_k, float(temperature), bias)
     else:
-        ids, w, probs = route_topk(logits_TE, mode, top_k, temperature=temperature, bias_E=bias)
-    return routers.Routing(ids, w, probs)
+        ids, w, probs, hist_bt = route_topk(logits_TE, mode, top_k, temperature=temperature, bias_E=bias,
+                                            write_hist=True)
+        hist, block_t = hist_bt or (None, None)
+    return FusedRouting(ids, w, probs, block_hist=None if hist is None else (hist, block_t, ids, ids._version))
 
 
-def plan_tensors(expert_ids_TK, weights_TK, valid_TK, num_experts, capacity, drop_policy, renormalize_kept, layout):
+@dataclass
+class FusedRouting(routers.Routing):
+    """A Routing plus the fused router's expert histogram per router block: (int32 [blocks, bins], tokens
+    per block, the ids it counts, their version), so `build_plan` skips its histogram launch; ignored if
+    the ids were replaced or written since."""
+
+    block_hist: tuple | None = None
+
+    def histogram_for_plan(self) -> tuple[torch.Tensor, int] | None:
+        if self.block_hist is None:
+            return None
+        hist, block_t, ids, version = self.block_hist
+        if self.expert_ids_TK is not ids or ids._version != version or self.valid_TK is not None:
+            return None
+        return hist, block_t
+
+
+def plan_tensors(expert_ids_TK, weights_TK, valid_TK, num_experts, capacity, drop_policy, renormalize_kept, layout,
+                 block_hist=None):
     """`plan.plan_tensors` on the plan kernels (reference when the tensors are not where Triton runs)."""
     if expert_ids_TK.numel() == 0 or not runs_here(expert_ids_TK, weights_TK, valid_TK):
         return plan_mod.plan_tensors(expert_ids_TK, weights_TK, valid_TK, num_experts, capacity, drop_policy,
                                      renormalize_kept, layout)
     return _triton_plan_tensors(expert_ids_TK, weights_TK, valid_TK, num_experts, capacity, drop_policy,
-                                renormalize_kept, layout)
+                                renormalize_kept, layout, block_hist=block_hist)
 
 
-build_plan = functools.partial(plan_mod.build_plan, impl=plan_tensors)
+def build_plan(routing: routers.Routing, **kwargs) -> plan_mod.Plan:
+    """`plan.build_plan` on the plan kernels, reusing the fused router's histogram when it has one."""
+    hist = routing.histogram_for_plan() if isinstance(routing, FusedRouting) else None
+    impl = plan_tensors if hist is None else functools.partial(plan_tensors, block_hist=hist)
+    return plan_mod.build_plan(routing, impl=impl, **kwargs)
 
 
 def pack(x_TH: torch.Tensor, plan: plan_mod.Plan) -> torch.Tensor:

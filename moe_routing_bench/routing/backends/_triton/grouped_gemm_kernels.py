@@ -177,17 +177,34 @@ def gemm_configs() -> list:
     """Hopper-sized tiles tried by the tuner (BLOCK_M 64-128, BLOCK_N 128-256, BLOCK_D 64, 3-4 stages)."""
     out = []
     for bm, bn, bd, warps, stages in [(128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 4, 4),
-                                      (64, 128, 64, 4, 4), (128, 256, 64, 8, 4), (64, 256, 64, 8, 3)]:
+                                      (64, 128, 64, 4, 4), (64, 256, 64, 8, 3), (128, 128, 64, 8, 3)]:
         out.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "GROUP_M": 8},
                                  num_warps=warps, num_stages=stages))
     return out
 
 
+SMEM_BYTES = 220 * 1024  # Hopper allows 227 KB per block; leave room for the epilogue's scratch
+
+
+def _pruner(a_name: str, b_name: str, n_name: str):
+    """Drop configs whose pipelined operand tiles do not fit in shared memory (float32 weights take twice
+    the room), or whose BLOCK_N is more than twice the output width."""
+    def prune(configs, named_args, **kwargs):
+        a_bytes, b_bytes = named_args[a_name].element_size(), named_args[b_name].element_size()
+        n = named_args[n_name]
+        keep = [c for c in configs
+                if c.num_stages * c.kwargs["BLOCK_D"] * (c.kwargs["BLOCK_M"] * a_bytes + c.kwargs["BLOCK_N"] * b_bytes)
+                <= SMEM_BYTES and c.kwargs["BLOCK_N"] <= max(128, 2 * next_pow2(n))]
+        return keep or configs[-1:]
+    return prune
+
+
 _GEMM = Launcher(_grouped_gemm_kernel, _default_config, gemm_configs(),
                  key=("N", "D", "E", "GATHER", "SCALE", "ACT", "SAVE_PRE", "DOT_BF16"), bucket=("R",),
-                 name="grouped_gemm")
+                 prune=_pruner("a_ptr", "b_ptr", "N"), name="grouped_gemm")
 _WGRAD = Launcher(_grouped_wgrad_kernel, _default_config, gemm_configs(),
-                  key=("M", "N", "E", "GATHER_P", "GATHER_Q", "SCALE_Q", "DOT_BF16"), name="grouped_wgrad")
+                  key=("M", "N", "E", "GATHER_P", "GATHER_Q", "SCALE_Q", "DOT_BF16"), bucket=("E",),
+                  prune=_pruner("p_ptr", "q_ptr", "N"), name="grouped_wgrad")
 
 
 def dot_bf16(x: torch.Tensor) -> bool:

@@ -237,6 +237,18 @@ class Launcher:
         TUNE_CACHE.put(skey, cfg, times)
         return cfg
 
+    def known_config(self, args: tuple, meta: dict) -> dict | None:
+        """The config a launch with these arguments would use now without tuning (None: it would tune)."""
+        forced = options().force_config
+        if forced and self.name in forced:
+            return _config_kwargs(forced[self.name])
+        if not (autotune_enabled() and self.configs):
+            return _config_kwargs(self.default(args, meta))
+        named = dict(zip(self.kernel.arg_names, args))
+        named.update(meta)
+        skey = shape_key(self.name, named, self.key, self.bucket)
+        return self.chosen.get(skey) or TUNE_CACHE.get(skey)
+
     def __call__(self, grid_fn, args: tuple, meta: dict):
         """Launch on grid `grid_fn(config_kwargs)`."""
         forced = options().force_config

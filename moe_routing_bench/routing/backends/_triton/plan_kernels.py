@@ -8,7 +8,10 @@ to bucket E (it sorts last, like the reference), so NUM_BINS = next_pow2(E + 1) 
 and next_pow2(E) without.
 
 `position` policy (two launches):
-  1. `_hist_kernel`   one program per block: histogram of the block's buckets -> hist[NB, NUM_BINS].
+  1. `_hist_kernel`   one program per block: histogram of the block's buckets -> hist[NB, NUM_BINS];
+                      skipped when the fused router already wrote one per router block (`block_hist`,
+                      router blocks of `hist_block_t` tokens dividing the plan's: the rank kernel then
+                      reads RATIO router-block rows per plan block).
   2. `_rank_kernel`   one program per block: reads every block's histogram (NB x NUM_BINS ints, from
                       L2) for the assignments of its bucket in earlier blocks and the totals; then
                       counts_E, kept_counts_E = min(counts, C), offsets_E1 (ragged: scan of kept
@@ -93,9 +96,10 @@ def _hist_kernel(ids_ptr, valid_ptr, hist_ptr, T, E,
 def _rank_kernel(ids_ptr, valid_ptr, w_ptr, hist_ptr, off_ptr, totals_ptr, scratch_ptr,
                  counts_ptr, kept_counts_ptr, offsets_ptr,
                  slot_ptr, kept_ptr, row_ptr, tok_ptr, gate_ptr,
-                 T, E, C, R, NB,
+                 T, E, C, R, NBH,
                  K: tl.constexpr, K_PAD: tl.constexpr, HAS_VALID: tl.constexpr, HAS_CAP: tl.constexpr,
                  PADDED: tl.constexpr, RENORM: tl.constexpr, NUM_BINS: tl.constexpr, SCANNED: tl.constexpr,
+                 RATIO: tl.constexpr,
                  BLOCK_T: tl.constexpr, CH: tl.constexpr, ROWS_PER_PROG: tl.constexpr, BLOCK_NB: tl.constexpr):
     pid = tl.program_id(0)
     bins = tl.arange(0, NUM_BINS)
@@ -105,11 +109,11 @@ def _rank_kernel(ids_ptr, valid_ptr, w_ptr, hist_ptr, off_ptr, totals_ptr, scrat
     else:  # this block's offset per bucket (earlier blocks) and the totals, from every block's histogram
         before = tl.zeros([NUM_BINS], tl.int32)
         total = tl.zeros([NUM_BINS], tl.int32)
-        for b0 in range(0, NB, BLOCK_NB):
+        for b0 in range(0, NBH, BLOCK_NB):
             rb = b0 + tl.arange(0, BLOCK_NB)
-            h = tl.load(hist_ptr + rb[:, None] * NUM_BINS + bins[None, :], mask=(rb < NB)[:, None], other=0)
+            h = tl.load(hist_ptr + rb[:, None] * NUM_BINS + bins[None, :], mask=(rb < NBH)[:, None], other=0)
             total += tl.sum(h, axis=0)
-            before += tl.sum(tl.where((rb < pid)[:, None], h, 0), axis=0)
+            before += tl.sum(tl.where((rb < pid * RATIO)[:, None], h, 0), axis=0)
         tl.store(sp + bins, before)
     emask = bins < E
     if HAS_CAP:
@@ -153,7 +157,7 @@ def _rank_kernel(ids_ptr, valid_ptr, w_ptr, hist_ptr, off_ptr, totals_ptr, scrat
         rank += tl.sum(same.to(tl.int32), axis=2)
 
     if SCANNED:
-        slot = tl.load(off_ptr + pid * NUM_BINS + e, mask=m, other=0) + rank
+        slot = tl.load(off_ptr + pid * RATIO * NUM_BINS + e, mask=m, other=0) + rank
     else:
         slot = tl.load(sp + e, mask=m, other=0, cache_modifier=".cg") + rank
     kept = m & (e < E)
@@ -332,26 +336,42 @@ def _geometry(T, K, E, R, has_valid, cfg):
     return K_PAD, BLOCK_T, NB, NUM_BINS
 
 
-def _position_plan(ids, valid, w, outs, T, K, E, C, R, has_valid, has_cap, padded, renorm, cfg):
+def _position_plan(ids, valid, w, outs, T, K, E, C, R, has_valid, has_cap, padded, renorm, cfg, block_hist=None):
     counts, kept_counts, offsets, slot, kept_u8, row, tok, gate = outs
     block_a, ch, warps, scanned = cfg
     K_PAD, BLOCK_T, NB, NUM_BINS = _geometry(T, K, E, R, has_valid, cfg)
+    ratio = _hist_ratio(block_hist, BLOCK_T, NUM_BINS, has_valid)
+    NBH = block_hist[0].shape[0] if ratio else NB  # histogram rows
     dev = ids.device
-    work = empty((5 * NB + 1) * NUM_BINS, dtype=torch.int32, device=dev)
-    hist, off = work[: NB * NUM_BINS], work[NB * NUM_BINS: 2 * NB * NUM_BINS]
-    totals, scratch = work[2 * NB * NUM_BINS: 2 * NB * NUM_BINS + NUM_BINS], work[2 * NB * NUM_BINS + NUM_BINS:]
-    _HIST(lambda c: (NB,), (ids, valid, hist, T, E),
-          dict(K=K, K_PAD=K_PAD, HAS_VALID=has_valid, NUM_BINS=NUM_BINS, BLOCK_T=BLOCK_T))
+    work = empty((NBH + 3 * NB + 1) * NUM_BINS + (0 if ratio else NB * NUM_BINS), dtype=torch.int32, device=dev)
+    if ratio:
+        hist, rest = block_hist[0].view(-1), work
+    else:
+        hist, rest = work[: NB * NUM_BINS], work[NB * NUM_BINS:]
+        _HIST(lambda c: (NB,), (ids, valid, hist, T, E),
+              dict(K=K, K_PAD=K_PAD, HAS_VALID=has_valid, NUM_BINS=NUM_BINS, BLOCK_T=BLOCK_T))
+    off, totals, scratch = (rest[: NBH * NUM_BINS], rest[NBH * NUM_BINS: (NBH + 1) * NUM_BINS],
+                            rest[(NBH + 1) * NUM_BINS:])
     if scanned:
-        bpp = max(1, min(NUM_BINS, 8192 // next_pow2(NB)))
-        _BSCAN(lambda c: (NUM_BINS // bpp,), (hist, off, totals, NB),
-               dict(NUM_BINS=NUM_BINS, BPP=bpp, BLOCK_NB=max(1, min(next_pow2(NB), 8192 // bpp))))
+        bpp = max(1, min(NUM_BINS, 8192 // next_pow2(NBH)))
+        _BSCAN(lambda c: (NUM_BINS // bpp,), (hist, off, totals, NBH),
+               dict(NUM_BINS=NUM_BINS, BPP=bpp, BLOCK_NB=max(1, min(next_pow2(NBH), 8192 // bpp))))
     (_RANK8 if warps == 8 else _RANK4)(
         lambda c: (NB,), (ids, valid, w, hist, off, totals, scratch, counts, kept_counts, offsets, slot, kept_u8, row,
-                          tok, gate, T, E, C, R, NB),
+                          tok, gate, T, E, C, R, NBH),
         dict(K=K, K_PAD=K_PAD, HAS_VALID=has_valid, HAS_CAP=has_cap, PADDED=padded, RENORM=renorm,
-             NUM_BINS=NUM_BINS, SCANNED=scanned, BLOCK_T=BLOCK_T, CH=min(ch, next_pow2(BLOCK_T * K)),
-             ROWS_PER_PROG=next_pow2(max(1, cdiv(R, NB))), BLOCK_NB=max(1, min(next_pow2(NB), 4096 // NUM_BINS))))
+             NUM_BINS=NUM_BINS, SCANNED=scanned, RATIO=ratio or 1, BLOCK_T=BLOCK_T, CH=min(ch, next_pow2(BLOCK_T * K)),
+             ROWS_PER_PROG=next_pow2(max(1, cdiv(R, NB))), BLOCK_NB=max(1, min(next_pow2(NBH), 4096 // NUM_BINS))))
+
+
+def _hist_ratio(block_hist, block_t: int, num_bins: int, has_valid: bool) -> int:
+    """Plan blocks per router block when the router's histogram can stand for the plan's, else 0."""
+    if block_hist is None or has_valid:
+        return 0
+    hist, hist_block_t = block_hist
+    if hist.shape[1] != num_bins or block_t % hist_block_t:
+        return 0
+    return block_t // hist_block_t
 
 
 def _tuned_plan_config(key: str, run) -> tuple:
@@ -399,9 +419,12 @@ def plan_tensors(
     layout: str,
     *,
     config: tuple | None = None,
+    block_hist: tuple[torch.Tensor, int] | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Triton version of `moe_routing_bench.plan.plan_tensors` (same signature and result); `config`
-    forces one position-policy launch config (tests), else the tuned or default one."""
+    forces one position-policy launch config (tests), else the tuned or default one. `block_hist`:
+    (int32 [blocks, bins] expert histogram of router blocks, tokens per block) from the fused router,
+    used instead of a histogram launch where its blocks divide the plan's."""
     T, K = expert_ids_TK.shape
     E, A = num_experts, T * K
     dev = expert_ids_TK.device
@@ -430,7 +453,8 @@ def plan_tensors(
 
     if drop_policy == "position":
         def run(cfg):
-            _position_plan(ids, valid, w, outs, T, K, E, C, R, has_valid, has_cap, padded, renormalize_kept, cfg)
+            _position_plan(ids, valid, w, outs, T, K, E, C, R, has_valid, has_cap, padded, renormalize_kept, cfg,
+                           block_hist)
             return outs
 
         cfg = config

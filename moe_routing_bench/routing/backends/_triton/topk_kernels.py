@@ -40,10 +40,10 @@ MAX_TOP_K = 16
 
 @triton.jit
 def _route_kernel(
-    x_ptr, bias_ptr, ids_ptr, w_ptr, probs_ptr,
+    x_ptr, bias_ptr, ids_ptr, w_ptr, probs_ptr, hist_ptr,
     T, E, stride_x, temperature,
     K: tl.constexpr, K_PAD: tl.constexpr, MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
-    WRITE_PROBS: tl.constexpr, ACCURATE_EXP: tl.constexpr,
+    WRITE_PROBS: tl.constexpr, ACCURATE_EXP: tl.constexpr, WRITE_HIST: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -113,6 +113,9 @@ def _route_kernel(
     optr = rows64[:, None] * K + kcols[None, :]
     tl.store(ids_ptr + optr, ids.to(tl.int64), mask=omask)
     tl.store(w_ptr + optr, w, mask=omask)
+    if WRITE_HIST:  # this block's expert histogram, for the plan (saves its histogram launch)
+        h = tl.histogram(tl.reshape(ids, [BLOCK_T * K_PAD]), BLOCK_E, mask=tl.reshape(omask, [BLOCK_T * K_PAD]))
+        tl.store(hist_ptr + pid * BLOCK_E + cols, h)
 
     if WRITE_PROBS:
         if MODE == 4:
@@ -148,15 +151,17 @@ def _prune(configs, named_args, **kwargs):
     return keep or configs[:1]
 
 
-_LAUNCH = Launcher(_route_kernel, lambda args, meta: _default_config(args[5], args[6]), configs(),
+_LAUNCH = Launcher(_route_kernel, lambda args, meta: _default_config(args[6], args[7]), configs(),
                    key=("E", "K", "MODE", "WRITE_PROBS"), bucket=("T",), prune=_prune, name="topk")
 
 
 def route_topk(
     logits_TE: torch.Tensor, mode: int, top_k: int, *, temperature: float = 1.0,
-    bias_E: torch.Tensor | None = None, write_probs: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Launch the fused router: (ids int64 [T,K], weights float32 [T,K], probs float32 [T,E] or None)."""
+    bias_E: torch.Tensor | None = None, write_probs: bool = True, write_hist: bool = False,
+):
+    """Launch the fused router: (ids int64 [T,K], weights float32 [T,K], probs float32 [T,E] or None), and
+    with write_hist a 4th item: (int32 [T/BLOCK_T, next_pow2(E)] expert histogram per router block,
+    BLOCK_T) or None (on a call that tunes the config: its block size is not known beforehand)."""
     x = logits_TE if logits_TE.stride(-1) == 1 else logits_TE.contiguous()
     T, E = x.shape
     dev = x.device
@@ -164,7 +169,15 @@ def route_topk(
     w = empty(T, top_k, dtype=torch.float32, device=dev)
     probs = empty(T, E, dtype=torch.float32, device=dev) if write_probs else w
     bias = bias_E.detach().float().contiguous() if bias_E is not None else w
-    _LAUNCH(lambda c: (cdiv(T, c["BLOCK_T"]),), (x, bias, ids, w, probs, T, E, x.stride(0), float(temperature)),
-            dict(K=top_k, K_PAD=next_pow2(top_k), MODE=mode, HAS_BIAS=bias_E is not None, WRITE_PROBS=write_probs,
-                 ACCURATE_EXP=not INTERPRET, BLOCK_E=next_pow2(E)))
-    return ids, w, (probs if write_probs else None)
+    meta = dict(K=top_k, K_PAD=next_pow2(top_k), MODE=mode, HAS_BIAS=bias_E is not None, WRITE_PROBS=write_probs,
+                ACCURATE_EXP=not INTERPRET, BLOCK_E=next_pow2(E))
+    no_hist = torch.empty(0, dtype=torch.int32, device=dev)  # same dtypes either way: one tuning key
+    args = (x, bias, ids, w, probs, no_hist, T, E, x.stride(0), float(temperature))
+    cfg = _LAUNCH.known_config(args, {**meta, "WRITE_HIST": False}) if write_hist else None
+    hist = None
+    if cfg is not None:
+        hist = empty(cdiv(T, cfg["BLOCK_T"]), next_pow2(E), dtype=torch.int32, device=dev)
+        args = args[:5] + (hist,) + args[6:]
+    _LAUNCH(lambda c: (cdiv(T, c["BLOCK_T"]),), args, {**meta, "WRITE_HIST": hist is not None})
+    out = (ids, w, (probs if write_probs else None))
+    return out + (((hist, cfg["BLOCK_T"]) if hist is not None else None),) if write_hist else out
