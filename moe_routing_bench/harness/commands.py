@@ -275,7 +275,7 @@ def cmd_moe_layer(args) -> None:
     cf = args.capacity_factor
     case = _case(args, device=str(run.device))
     dtype = parse_dtype(case.dtype)
-    H, F = case.hidden_dim, case.hidden_dim * args.expand
+    H, F = case.hidden_dim, args.ffn_dim or case.hidden_dim * args.expand
     dense_flops = timing.matmul_flops(run.device, dtype)  # the same run's compute ceiling
     for name in _backend_list(args.backend):
         torch.manual_seed(case.seed)
@@ -310,7 +310,7 @@ def cmd_moe_layer(args) -> None:
         total_s = sum(t.median_s for t in times.values())
         routing_s = times["router"].median_s + times["plan"].median_s + times["pack"].median_s + times["combine"].median_s
         nbytes = metrics.bytes_per_token_strict(case.top_k, H, dtype.itemsize) * case.num_tokens
-        rec = {"name": "moe_ffn_layer_microbench", "backend": name, **case.as_record(), "expand": args.expand,
+        rec = {"name": "moe_ffn_layer_microbench", "backend": name, **case.as_record(), "expand": args.expand, "ffn_dim": F,
                **{f"{k}_ms": t.median_s * 1e3 for k, t in times.items()}, "total_ms": total_s * 1e3,
                "routing_share": routing_s / total_s, "tflops_total": flops_fwd / total_s / 1e12,
                "fwd_bwd_ms": fb.median_s * 1e3, "tflops_fwd_bwd": 3 * flops_fwd / fb.median_s / 1e12,
@@ -372,6 +372,7 @@ def build_parser(extra_commands: Sequence[Callable[[argparse._SubParsersAction],
     _common(p, tokens=8192, hidden=1024, experts=32)
     _routing_flags(p)
     p.add_argument("--expand", type=int, default=4, help="expert hidden = expand * hidden-dim")
+    p.add_argument("--ffn-dim", type=int, default=None, help="expert hidden size (overrides --expand)")
     p.add_argument("--capacity-factor", type=_capacity_factor, default=1.25, help="a number, or 'none' for dropless")
     p.set_defaults(func=cmd_moe_layer)
 

@@ -79,6 +79,11 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def capturing() -> bool:
+    """A CUDA graph is being captured on the current stream (nothing may be timed or synchronised)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 def runs_here(*tensors: torch.Tensor) -> bool:
     """True when Triton can run on these tensors: CUDA tensors on a GPU, CPU ones in the interpreter."""
     want = "cpu" if INTERPRET else "cuda"
@@ -221,7 +226,8 @@ class Launcher:
         self.bucket = tuple(bucket)
         self.prune = prune
         self.name = name or getattr(kernel, "__name__", None) or kernel.fn.__name__
-        self.chosen: dict[str, dict] = {}
+        self.chosen: dict[tuple, tuple[dict, str]] = {}  # cheap key -> (config, shape key)
+        self._where = None
         self.fast = {}
         self.fast_ok = True
         self.last: dict = {}
@@ -237,6 +243,21 @@ class Launcher:
         TUNE_CACHE.put(skey, cfg, times)
         return cfg
 
+    def _fast_key(self, args: tuple, meta: dict) -> tuple:
+        """The shape class as a tuple (cheap: looked up on every launch): values of `key`, power-of-two
+        classes of `bucket`, tensor dtypes; `_shape_key` is its string form for the tune cache."""
+        if self._where is None:
+            pos = {n: i for i, n in enumerate(self.kernel.arg_names)}
+            self._where = [(pos.get(n), n) for n in self.key + self.bucket]
+        vals = [args[i] if i is not None and i < len(args) else meta[n] for i, n in self._where]
+        nk = len(self.key)
+        return (*vals[:nk], *(next_pow2(v) for v in vals[nk:]), *(a.dtype for a in args if isinstance(a, torch.Tensor)))
+
+    def _shape_key(self, args: tuple, meta: dict) -> str:
+        named = dict(zip(self.kernel.arg_names, args))
+        named.update(meta)
+        return shape_key(self.name, named, self.key, self.bucket)
+
     def known_config(self, args: tuple, meta: dict) -> dict | None:
         """The config a launch with these arguments would use now without tuning (None: it would tune)."""
         forced = options().force_config
@@ -244,10 +265,8 @@ class Launcher:
             return _config_kwargs(forced[self.name])
         if not (autotune_enabled() and self.configs):
             return _config_kwargs(self.default(args, meta))
-        named = dict(zip(self.kernel.arg_names, args))
-        named.update(meta)
-        skey = shape_key(self.name, named, self.key, self.bucket)
-        return self.chosen.get(skey) or TUNE_CACHE.get(skey)
+        hit = self.chosen.get(self._fast_key(args, meta))
+        return hit[0] if hit else TUNE_CACHE.get(self._shape_key(args, meta))
 
     def __call__(self, grid_fn, args: tuple, meta: dict):
         """Launch on grid `grid_fn(config_kwargs)`."""
@@ -256,24 +275,24 @@ class Launcher:
             cfg = _config_kwargs(forced[self.name])
             self.last = {"key": self.name, "config": cfg, "source": "forced"}
         elif autotune_enabled() and self.configs:
-            named = dict(zip(self.kernel.arg_names, args))
-            named.update(meta)
-            skey = shape_key(self.name, named, self.key, self.bucket)
-            cfg = self.chosen.get(skey)
-            source = "tuned"
-            if cfg is None:
-                cfg = TUNE_CACHE.get(skey)
-                source = "tune-cache"
-                if cfg is None and not torch.cuda.is_current_stream_capturing():
+            fkey = self._fast_key(args, meta)
+            hit = self.chosen.get(fkey)
+            if hit is not None:
+                cfg, skey = hit
+                self.last = {"key": skey, "config": cfg, "source": "tuned"}
+            else:
+                skey = self._shape_key(args, meta)
+                cfg, source = TUNE_CACHE.get(skey), "tune-cache"
+                if cfg is None and not capturing():
                     cfg = self._tune(grid_fn, args, meta, skey)  # the tuner also launched it
-                    self.chosen[skey] = cfg
+                    self.chosen[fkey] = (cfg, skey)
                     self.last = {"key": skey, "config": cfg, "source": "tuned now"}
                     return
                 if cfg is None:
                     cfg, source = _config_kwargs(self.default(args, meta)), "fixed (capturing)"
                 else:
-                    self.chosen[skey] = cfg
-            self.last = {"key": skey, "config": cfg, "source": source}
+                    self.chosen[fkey] = (cfg, skey)
+                self.last = {"key": skey, "config": cfg, "source": source}
         else:
             cfg = _config_kwargs(self.default(args, meta))
             self.last = {"key": self.name, "config": cfg, "source": "fixed"}

@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from ...plan import num_rows
-from .launch import INTERPRET, LAUNCHERS, TUNE_CACHE, Launcher, autotune_enabled, cdiv, empty, next_pow2
+from .launch import INTERPRET, LAUNCHERS, TUNE_CACHE, Launcher, autotune_enabled, capturing, cdiv, empty, next_pow2
 
 
 @triton.jit
@@ -385,7 +385,7 @@ def _tuned_plan_config(key: str, run) -> tuple:
         _PLAN.chosen[key] = tuple(cached)
         _PLAN.last = {"key": key, "config": tuple(cached), "source": "tune-cache"}
         return tuple(cached)
-    if torch.cuda.is_current_stream_capturing():
+    if capturing():
         _PLAN.last = {"key": key, "config": DEFAULT_PLAN_CONFIG, "source": "fixed (capturing)"}
         return DEFAULT_PLAN_CONFIG
     from triton.testing import do_bench
