@@ -81,16 +81,16 @@ def row_configs() -> list:
     for block_t, block_h, warps in [
         (1, 1024, 4), (1, 2048, 4), (1, 4096, 4), (1, 4096, 8), (1, 8192, 8), (1, 4096, 16),
         (2, 2048, 4), (2, 4096, 8), (2, 4096, 16), (4, 1024, 4), (4, 2048, 8), (8, 1024, 4), (8, 1024, 8),
-        (16, 1024, 8), (1, 8192, 16), (2, 8192, 16), (4, 4096, 16),
+        (16, 1024, 8), (1, 8192, 16), (2, 8192, 16), (4, 4096, 16), (16, 1024, 4), (16, 512, 4), (32, 512, 4),
     ]:
         out.append(triton.Config({"BLOCK_T": block_t, "BLOCK_H": block_h}, num_warps=warps))
     return out
 
 
 def prune_row_configs(configs, named_args, **kwargs):
-    """Drop configs whose chunk is more than twice the (padded) hidden size."""
+    """Drop configs whose chunk is more than twice the (padded) hidden size or under an eighth of it."""
     H = named_args["H"]
-    keep = [c for c in configs if c.kwargs["BLOCK_H"] <= max(512, 2 * next_pow2(H))
+    keep = [c for c in configs if next_pow2(H) // 8 <= c.kwargs["BLOCK_H"] <= max(512, 2 * next_pow2(H))
             and c.kwargs["BLOCK_T"] * c.kwargs["BLOCK_H"] <= 16384]
     return keep or configs[:1]
 
