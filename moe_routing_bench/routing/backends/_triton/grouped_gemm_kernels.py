@@ -186,15 +186,22 @@ def gemm_configs() -> list:
 SMEM_BYTES = 220 * 1024  # Hopper allows 227 KB per block; leave room for the epilogue's scratch
 
 
+def _acc_per_thread(c) -> int:
+    return c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] // (32 * c.num_warps)
+
+
 def _pruner(a_name: str, b_name: str, n_name: str):
     """Drop configs whose pipelined operand tiles do not fit in shared memory (float32 weights take twice
-    the room), or whose BLOCK_N is more than twice the output width."""
+    the room), whose BLOCK_N is more than twice the output width, or - for the GELU epilogues - that hold
+    more than 64 accumulators per thread (ptxas spills there: tools/sm90_compile_report.py)."""
     def prune(configs, named_args, **kwargs):
         a_bytes, b_bytes = named_args[a_name].element_size(), named_args[b_name].element_size()
         n = named_args[n_name]
+        act = kwargs.get("ACT", 0)
         keep = [c for c in configs
                 if c.num_stages * c.kwargs["BLOCK_D"] * (c.kwargs["BLOCK_M"] * a_bytes + c.kwargs["BLOCK_N"] * b_bytes)
-                <= SMEM_BYTES and c.kwargs["BLOCK_N"] <= max(128, 2 * next_pow2(n))]
+                <= SMEM_BYTES and c.kwargs["BLOCK_N"] <= max(128, 2 * next_pow2(n))
+                and (act == ACT_NONE or _acc_per_thread(c) <= 64)]
         return keep or configs[-1:]
     return prune
 
