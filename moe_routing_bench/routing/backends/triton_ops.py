@@ -58,9 +58,8 @@ def route(logits_TE: torch.Tensor, strategy: str, top_k: int, *, temperature: fl
     if logits_TE.requires_grad and torch.is_grad_enabled():
         ids, w, probs, hist, block_t = RouteFn.apply(logits_TE, mode, top_k, float(temperature), bias)
     else:
-        ids, w, probs, hist_bt = route_topk(logits_TE, mode, top_k, temperature=temperature, bias_E=bias,
-                                            write_hist=True)
-        hist, block_t = hist_bt or (None, None)
+        ids, w, probs, (hist, block_t) = route_topk(logits_TE, mode, top_k, temperature=temperature, bias_E=bias,
+                                                    write_hist=True)
     return FusedRouting(ids, w, probs, block_hist=None if hist is None else (hist, block_t, ids, ids._version))
 
 

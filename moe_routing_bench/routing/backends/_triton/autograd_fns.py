@@ -48,15 +48,12 @@ def reference_weights(logits_f32: torch.Tensor, ids_TK: torch.Tensor, mode: int,
 class RouteFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, mode, top_k, temperature, bias_E):
-        """(ids, weights, probs, router-block histogram or None, its tokens per block or None)."""
-        ids, w, probs, hist_bt = route_topk(logits.detach(), mode, top_k, temperature=temperature, bias_E=bias_E,
-                                            write_hist=True)
-        hist, block_t = hist_bt or (None, None)
+        """(ids, weights, probs, router-block histogram, its tokens per block)."""
+        ids, w, probs, (hist, block_t) = route_topk(logits.detach(), mode, top_k, temperature=temperature,
+                                                    bias_E=bias_E, write_hist=True)
         ctx.save_for_backward(logits, ids)
         ctx.cfg = (mode, top_k, temperature, bias_E)
-        ctx.mark_non_differentiable(ids)
-        if hist is not None:
-            ctx.mark_non_differentiable(hist)
+        ctx.mark_non_differentiable(ids, hist)
         if mode == MODES["topk-hard"]:
             ctx.mark_non_differentiable(w)
         return ids, w, probs, hist, block_t

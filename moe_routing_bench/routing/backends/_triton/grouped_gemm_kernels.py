@@ -245,7 +245,7 @@ def grouped_gemm(a: torch.Tensor, w_EDN: torch.Tensor, plan_rows: tuple, *, num_
 
     even = D % 64 == 0  # every config's BLOCK_D divides 64
     _GEMM(grid, args, dict(GATHER=gather, SCALE=scale_R is not None, ACT=act, SAVE_PRE=save_pre,
-                           DOT_BF16=dot_bf16(a), E_PAD=next_pow2(E), EVEN_D=even))
+                           DOT_BF16=dot_bf16(a), E_PAD=max(16, next_pow2(E)), EVEN_D=even))
     return out
 
 

@@ -160,8 +160,8 @@ def route_topk(
     bias_E: torch.Tensor | None = None, write_probs: bool = True, write_hist: bool = False,
 ):
     """Launch the fused router: (ids int64 [T,K], weights float32 [T,K], probs float32 [T,E] or None), and
-    with write_hist a 4th item: (int32 [T/BLOCK_T, next_pow2(E)] expert histogram per router block,
-    BLOCK_T) or None (on a call that tunes the config: its block size is not known beforehand)."""
+    with write_hist a 4th item: (int32 [ceil(T/BLOCK_T), next_pow2(E)] expert histogram per router block,
+    BLOCK_T)."""
     x = logits_TE if logits_TE.stride(-1) == 1 else logits_TE.contiguous()
     T, E = x.shape
     dev = x.device
@@ -170,14 +170,16 @@ def route_topk(
     probs = empty(T, E, dtype=torch.float32, device=dev) if write_probs else w
     bias = bias_E.detach().float().contiguous() if bias_E is not None else w
     meta = dict(K=top_k, K_PAD=next_pow2(top_k), MODE=mode, HAS_BIAS=bias_E is not None, WRITE_PROBS=write_probs,
-                ACCURATE_EXP=not INTERPRET, BLOCK_E=next_pow2(E))
-    no_hist = torch.empty(0, dtype=torch.int32, device=dev)  # same dtypes either way: one tuning key
-    args = (x, bias, ids, w, probs, no_hist, T, E, x.stride(0), float(temperature))
-    cfg = _LAUNCH.known_config(args, {**meta, "WRITE_HIST": False}) if write_hist else None
-    hist = None
-    if cfg is not None:
-        hist = empty(cdiv(T, cfg["BLOCK_T"]), next_pow2(E), dtype=torch.int32, device=dev)
+                ACCURATE_EXP=not INTERPRET, WRITE_HIST=write_hist, BLOCK_E=next_pow2(E))
+    hist = torch.empty(0, dtype=torch.int32, device=dev)  # the same dtypes with or without: one tuning key
+    args = (x, bias, ids, w, probs, hist, T, E, x.stride(0), float(temperature))
+    if write_hist:  # rows for the config about to run; for every candidate (BLOCK_T >= 1) when it will tune
+        cfg = _LAUNCH.known_config(args, meta)
+        hist = empty(cdiv(T, cfg["BLOCK_T"] if cfg else 1), next_pow2(E), dtype=torch.int32, device=dev)
         args = args[:5] + (hist,) + args[6:]
-    _LAUNCH(lambda c: (cdiv(T, c["BLOCK_T"]),), args, {**meta, "WRITE_HIST": hist is not None})
+    _LAUNCH(lambda c: (cdiv(T, c["BLOCK_T"]),), args, meta)
     out = (ids, w, (probs if write_probs else None))
-    return out + (((hist, cfg["BLOCK_T"]) if hist is not None else None),) if write_hist else out
+    if not write_hist:
+        return out
+    block_t = _LAUNCH.last["config"]["BLOCK_T"]  # what ran last (the tuner's final launch is the best config)
+    return out + ((hist[: cdiv(T, block_t)], block_t),)
