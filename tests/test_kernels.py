@@ -256,7 +256,8 @@ def test_plan_matches_reference(kind, T, E, K, cf, policy, layout, renorm):
         assert not bool(a.kept_TK.all())  # the case really drops
 
 
-@pytest.mark.parametrize("cfg", [(64, 32, 4, True), (1024, 256, 4, False), (256, 64, 8, False)])
+@pytest.mark.parametrize("cfg", [(64, 32, 4, True), (1024, 256, 4, False), (256, 64, 8, False),
+                                 (256, 64, 8, True, False)])
 @pytest.mark.parametrize("T,E,K,cf,layout", [(700, 60, 2, None, "ragged"), (333, 37, 3, 0.7, "padded"),
                                              (300, 128, 8, 1.0, "ragged"), (1000, 16, 1, 1.5, "padded")])
 def test_plan_from_the_fused_routers_histogram(cfg, T, E, K, cf, layout):
@@ -273,6 +274,7 @@ def test_plan_from_the_fused_routers_histogram(cfg, T, E, K, cf, layout):
     ref = plan_mod.build_plan(r, **kw)
     aligned = kplan._hist_ratio(hist, max(1, cfg[0] // kplan.next_pow2(K)), kplan.next_pow2(E), False) > 0
     assert aligned == (max(1, cfg[0] // kplan.next_pow2(K)) % hist[1] == 0)  # else the plan counts itself
+    # (a 5th config element False makes the plan count itself even where the histograms align)
     assert_same_plan(plan_mod.build_plan(r, **kw, impl=functools.partial(kplan.plan_tensors, config=cfg,
                                                                          block_hist=hist)), ref)
     assert_same_plan(build_plan(r, **kw), ref)

@@ -48,6 +48,11 @@ SMOKE_SHAPES = {"main": (256, 128, 16, 2), "wide": (64, 256, 32, 8), "small": (1
 SMOKE_LAYER_SHAPES = {"E8": (128, 64, 128, 8, 2), "E256": (64, 64, 32, 16, 8)}
 DEV = "cuda"
 ITERS = {"stage": 100, "layer": 10}  # timed repetitions (the smoke run takes 2 and 1)
+# Issue 16's H200 run (configs tuned on the H100, `moe-bench roofline`, CUDA events): the "before" column.
+BEFORE_US = {"main": {"topk": 9.9, "plan": 20.3, "pack": 105.0, "combine": 95.9, "routing_path": 231.4},
+             "wide": {"topk": 13.9, "plan": 18.5, "pack": 143.8, "combine": 126.0, "routing_path": 305.4},
+             "small": {"topk": 5.2, "plan": 14.7, "pack": 15.3, "combine": 15.4, "routing_path": 44.0}}
+BEFORE_LAYER_PCT = {"E8": 69.8, "E256": 37.4}
 T0 = time.time()
 
 
@@ -288,6 +293,26 @@ def targets(run: Run, copy: float) -> list[tuple[str, str, str]]:
     return rows
 
 
+def before_after(run: Run) -> list[str]:
+    """Per kernel: issue 16's H200 figure (before) against this run (events, and graph replay)."""
+    lines = ["before (issue 16, H100-tuned configs, events) -> after (this run: events / graph replay), us:"]
+    for shape, stages in BEFORE_US.items():
+        T, H, E, K = SHAPES[shape]
+        cells = []
+        for st, before in stages.items():
+            ev = find(run.records, backend="triton", shape=shape, name=st, workload="uniform", graph=False)
+            gr = find(run.records, backend="triton", shape=shape, name=st, workload="uniform", graph=True)
+            after = f"{ev['time_median_s'] * 1e6:.1f}" if ev else "-"
+            after += f" / {gr['time_median_s'] * 1e6:.1f}" if gr else ""
+            cells.append(f"{st} {before} -> {after}")
+        lines.append(f"  T{T} H{H} E{E} k{K}: " + "; ".join(cells))
+    for name, before in BEFORE_LAYER_PCT.items():
+        r = find(run.records, name="moe_layer_fwd_bwd", layer_shape=name, variant="fused", weight_dtype="bfloat16")
+        lines.append(f"  layer {name} bf16 weights: {before}% of dense -> "
+                     + (f"{r['pct_of_dense']:.1f}%" if r else "-"))
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
@@ -351,6 +376,7 @@ def main() -> int:
     w = max(len(r[0]) for r in rows)
     lines = [f"{common['device_name']}  torch {common['torch']}  triton {common['triton']}  commit {common['git_commit']}",
              f"copy {copy / 1e9:.0f} GB/s (end {copy2 / 1e9:.0f}), dense bf16 matmul {dense / 1e12:.0f} TFLOP/s", ""]
+    lines += before_after(run) + [""]
     lines += [f"{a:<{w}}  {c:<8}  {b}" for a, b, c in rows]
     lines += [""] + [f"note: {n}" for n in run.notes]
     lines.append(f"{sum(r[2] == 'MET' for r in rows)}/{len(rows)} MET; wall {time.time() - T0:.0f} s")

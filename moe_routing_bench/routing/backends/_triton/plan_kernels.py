@@ -294,10 +294,13 @@ def gate_reference(weights_TK, kept_TK, valid_TK, renormalize_kept):
 # SCANNED: a separate parallel block scan (3 launches) or each rank program summing the histograms
 # itself (2 launches)). On a GPU with autotuning on, the first call per device and shape class times
 # these (after checking each against the first), keeps the fastest in the tune cache; otherwise
-# DEFAULT_PLAN_CONFIG. `plan_tensors(..., config=...)` forces one.
+# DEFAULT_PLAN_CONFIG. `plan_tensors(..., config=...)` forces one. A 5th element says whether to read the
+# fused router's histogram (True, the default where it aligns) or count again at the plan's block size:
+# the router's blocks are small, so its histogram has more rows for the rank programs to read; the
+# tuner times both.
 PLAN_CONFIGS = [(256, 32, 4, False), (256, 64, 8, False), (256, 64, 8, True), (128, 128, 8, True),
                 (128, 64, 4, True), (64, 64, 4, True), (512, 64, 8, True)]
-DEFAULT_PLAN_CONFIG = (1024, 256, 4, False) if INTERPRET else (256, 32, 4, False)
+DEFAULT_PLAN_CONFIG = (1024, 256, 4, False) if INTERPRET else (256, 32, 4, False, False)
 
 
 class _PlanTuning:
@@ -374,9 +377,9 @@ def _hist_ratio(block_hist, block_t: int, num_bins: int, has_valid: bool) -> int
     return block_t // hist_block_t
 
 
-def _tuned_plan_config(key: str, run) -> tuple:
+def _tuned_plan_config(key: str, run, candidates: list) -> tuple:
     """The config for this shape class: chosen before (this process or the tune cache), else time every
-    PLAN_CONFIGS entry on this shape (each checked against the first) and keep the fastest."""
+    candidate on this shape (each checked against the first) and keep the fastest."""
     if key in _PLAN.chosen:
         _PLAN.last = {"key": key, "config": _PLAN.chosen[key], "source": "tuned"}
         return _PLAN.chosen[key]
@@ -391,7 +394,7 @@ def _tuned_plan_config(key: str, run) -> tuple:
     from triton.testing import do_bench
 
     ref, times = None, {}
-    for cfg in PLAN_CONFIGS:
+    for cfg in candidates:
         try:
             out = run(cfg)
             if ref is None:
@@ -452,18 +455,22 @@ def plan_tensors(
     outs = (counts, kept_counts, offsets, slot, kept_u8, row, tok, gate)
 
     if drop_policy == "position":
-        def run(cfg):
-            _position_plan(ids, valid, w, outs, T, K, E, C, R, has_valid, has_cap, padded, renormalize_kept, cfg,
-                           block_hist)
+        def run(cfg):  # a 5th element False: count again instead of reading the router's histogram
+            use_router_hist = len(cfg) < 5 or bool(cfg[4])
+            _position_plan(ids, valid, w, outs, T, K, E, C, R, has_valid, has_cap, padded, renormalize_kept,
+                           tuple(cfg[:4]), block_hist if use_router_hist else None)
             return outs
 
         cfg = config
         if cfg is None:
             cfg = DEFAULT_PLAN_CONFIG
             if autotune_enabled():
+                hist_bt = block_hist[1] if block_hist is not None else 0
                 key = (f"plan|K={K}|E={E}|valid={has_valid}|cap={has_cap}|padded={padded}|renorm={renormalize_kept}"
-                       f"|T~{next_pow2(T)}")
-                cfg = _tuned_plan_config(key, run)
+                       f"|router_hist_block={hist_bt}|T~{next_pow2(T)}")
+                # a fine router histogram makes the rank programs read more rows: time both ways
+                uses = (True, False) if block_hist is not None else (False,)
+                cfg = _tuned_plan_config(key, run, [(*c, u) for c in PLAN_CONFIGS for u in uses])
             else:
                 _PLAN.last = {"key": "plan", "config": cfg, "source": "fixed"}
         run(cfg)
