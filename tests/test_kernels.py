@@ -1,10 +1,14 @@
 """Triton kernels (the `triton` backend) against the torch reference.
 
 On machines without a GPU the kernels run in Triton's interpreter (tests/conftest.py sets it up
-before any kernel is imported). Every kernel output buffer is poisoned (NaN floats, sentinel ints, a fixed bool) before
+before any kernel is imported). With a GPU the same tests run on CUDA with the fixed launch configs,
+and the `gpu`-marked cases add the benchmark shapes with tuned configs (tuned into the on-disk tune
+cache, so the GPU tool then measures exactly the configs checked here): `tools/gpu_kernels.py` runs
+this file first. Every kernel output buffer is poisoned (NaN floats, sentinel ints, a fixed bool) before
 the kernels write, so an element a kernel forgets shows up as a mismatch. Ids and plan fields must
 be equal; float values within float32 rounding (1e-5) or one bf16 step.
 """
+import functools
 import os
 
 import pytest
@@ -17,7 +21,10 @@ from moe_routing_bench.routing.backends import get_backend  # noqa: E402
 from moe_routing_bench.routing.validation import ConfigError  # noqa: E402
 from moe_routing_bench.routing.backends._triton import launch as _common
 from moe_routing_bench.routing.backends.triton_ops import triton_backend  # noqa: E402
+from moe_routing_bench.routing.backends._triton.pack_kernels import row_configs  # noqa: E402
+from moe_routing_bench.routing.backends._triton.plan_kernels import PLAN_CONFIGS  # noqa: E402
 from moe_routing_bench.routing.backends._triton.topk_kernels import MODES, route_topk  # noqa: E402
+from moe_routing_bench.routing.backends._triton.topk_kernels import configs as topk_configs  # noqa: E402
 from moe_routing_bench.routing.backends.triton_ops import build_plan, combine, pack, route  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -26,9 +33,18 @@ PLAN_INT_FIELDS = ("counts_E", "kept_counts_E", "offsets_E1", "slot_TK", "kept_T
 
 @pytest.fixture(autouse=True)
 def poisoned_outputs():
-    _common.set_poison("a")
-    yield
-    _common.set_poison(None)
+    with _common.using(poison="a", tune_cache="", autotune=False):
+        yield
+
+
+def tuned(num_tokens):
+    """At the benchmark sizes (GPU only): tuned configs (in memory: tuning under pytest must not decide
+    what the GPU tool measures). Smaller cases keep the fixed configs; every candidate config is
+    checked on its own by the `test_every_*_config_*` tests."""
+    return _common.using(autotune=num_tokens >= 4096)
+
+
+GPU_SHAPES = [(16384, 4096, 128, 2), (4096, 7168, 256, 8), (8192, 1024, 32, 2)]  # T, H, E, K (DESIGN section 7)
 
 
 def gen(seed):
@@ -93,7 +109,8 @@ ROUTE_CASES = [
     ("aux-free", 333, 60, 6, {}),
     ("aux-free", 200, 96, 8, {"bias": True}),
     ("aux-free", 64, 512, 4, {"bias": True}),
-]
+] + [pytest.param(s, T, E, K, o, marks=pytest.mark.gpu) for (T, _, E, K) in GPU_SHAPES
+     for s, o in [("softk", {}), ("aux-free", {"bias": True}), ("softk", {"renormalize": False})]]
 
 
 @pytest.mark.parametrize("strategy,T,E,K,opts", ROUTE_CASES)
@@ -102,7 +119,18 @@ def test_route_matches_reference(strategy, T, E, K, opts):
     if opts.pop("bias", False):
         opts["bias_E"] = 0.3 * randn(E, seed=5)
     logits = randn(T, E, seed=T + E + K)
-    assert_same_routing(route(logits, strategy, K, **opts), routers.route(logits, strategy, K, **opts))
+    with tuned(T):
+        assert_same_routing(route(logits, strategy, K, **opts), routers.route(logits, strategy, K, **opts))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cfg", topk_configs(), ids=str)
+def test_every_topk_config_computes_the_reference(cfg):
+    for T, E, K in [(4096, 128, 2), (1000, 256, 8), (777, 32, 2)]:
+        logits = randn(T, E, seed=T)
+        with _common.using(force_config={"topk": cfg}):
+            got = route(logits, "softk", K)
+        assert_same_routing(got, routers.route(logits, "softk", K))
 
 
 @pytest.mark.parametrize("strategy", ["top1", "topk-hard", "softk", "aux-free"])
@@ -200,7 +228,7 @@ PLAN_CASES = [
     ("one-expert", 400, 16, 1),
     ("one-expert", 300, 9, 4),
     ("equal-weights", 450, 12, 5),
-]
+] + [pytest.param("random", T, E, K, marks=pytest.mark.gpu) for (T, _, E, K) in GPU_SHAPES]
 POLICIES = [
     # capacity_factor, drop_policy, layout, renormalize_kept
     (None, "position", "ragged", False),
@@ -218,10 +246,38 @@ POLICIES = [
 def test_plan_matches_reference(kind, T, E, K, cf, policy, layout, renorm):
     r = routing_for(kind, T, E, K, seed=T + K)
     kw = dict(capacity_factor=cf, drop_policy=policy, layout=layout, renormalize_kept=renorm)
-    a, b = build_plan(r, **kw), plan_mod.build_plan(r, **kw)
-    assert_same_plan(a, b)
+    with tuned(T):
+        a = build_plan(r, **kw)
+    assert_same_plan(a, plan_mod.build_plan(r, **kw))
     if cf is not None and kind in ("skewed", "one-expert"):
         assert not bool(a.kept_TK.all())  # the case really drops
+
+
+@pytest.mark.parametrize("cfg", [(64, 32, 4, True), (1024, 256, 4, False), (256, 64, 8, False),
+                                 (256, 64, 8, True, False)])
+@pytest.mark.parametrize("T,E,K,cf,layout", [(700, 60, 2, None, "ragged"), (333, 37, 3, 0.7, "padded"),
+                                             (300, 128, 8, 1.0, "ragged"), (1000, 16, 1, 1.5, "padded")])
+def test_plan_from_the_fused_routers_histogram(cfg, T, E, K, cf, layout):
+    """The router kernel's per-block histogram replaces the plan's histogram launch (plan blocks a
+    multiple of router blocks, both scan variants); replaced ids are never planned from a stale one."""
+    from moe_routing_bench.routing.backends._triton import plan_kernels as kplan
+
+    with _common.using(force_config={"topk": dict(BLOCK_T=16, num_warps=4)}):  # router blocks of 16 tokens
+        r = route(randn(T, E, seed=T + K), "softk", K)
+    hist = r.histogram_for_plan()
+    assert hist is not None and hist[0].dtype == torch.int32
+    assert torch.equal(hist[0].sum(0)[:E].long(), torch.bincount(r.expert_ids_TK.view(-1), minlength=E))
+    kw = dict(capacity_factor=cf, layout=layout, renormalize_kept=True)
+    ref = plan_mod.build_plan(r, **kw)
+    aligned = kplan._hist_ratio(hist, max(1, cfg[0] // kplan.next_pow2(K)), kplan.next_pow2(E), False) > 0
+    assert aligned == (max(1, cfg[0] // kplan.next_pow2(K)) % hist[1] == 0)  # else the plan counts itself
+    # (a 5th config element False makes the plan count itself even where the histograms align)
+    assert_same_plan(plan_mod.build_plan(r, **kw, impl=functools.partial(kplan.plan_tensors, config=cfg,
+                                                                         block_hist=hist)), ref)
+    assert_same_plan(build_plan(r, **kw), ref)
+    r.expert_ids_TK[0, 0] = (r.expert_ids_TK[0, 0] + 1) % E  # written since: the histogram no longer counts them
+    assert r.histogram_for_plan() is None
+    assert_same_plan(build_plan(r, **kw), plan_mod.build_plan(r, **kw))
 
 
 @pytest.mark.parametrize("policy", ["position", "score"])
@@ -235,12 +291,12 @@ def test_plan_with_invalid_slots_expert_choice(policy, cf, layout):
 
 
 def test_plan_explicit_capacity_and_poison_b():
-    _common.set_poison("b")
     r = routing_for("random", 640, 24, 3, seed=2)
-    for policy in ("position", "score"):
-        for layout in ("ragged", "padded"):
-            kw = dict(capacity=7, drop_policy=policy, layout=layout)
-            assert_same_plan(build_plan(r, **kw), plan_mod.build_plan(r, **kw))
+    with _common.using(poison="b"):
+        for policy in ("position", "score"):
+            for layout in ("ragged", "padded"):
+                kw = dict(capacity=7, drop_policy=policy, layout=layout)
+                assert_same_plan(build_plan(r, **kw), plan_mod.build_plan(r, **kw))
 
 
 def test_plan_gate_carries_the_router_gradient():
@@ -264,7 +320,8 @@ DISPATCH_CASES = [
     ("skewed", 500, 30, 2, 64, 0.8, "score", "ragged"),
     ("one-expert", 300, 9, 4, 40, 1.5, "position", "padded"),
     ("random", 150, 128, 8, 128, None, "score", "ragged"),
-]
+] + [pytest.param("random", T, E, K, H, cf, "position", layout, marks=pytest.mark.gpu)
+     for (T, H, E, K) in GPU_SHAPES for cf, layout in [(None, "ragged"), (1.25, "padded")]]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -273,14 +330,41 @@ def test_pack_and_combine_match_reference(dtype, kind, T, E, K, H, cf, policy, l
     r = routing_for(kind, T, E, K, seed=H)
     p = plan_mod.build_plan(r, capacity_factor=cf, drop_policy=policy, layout=layout, renormalize_kept=True)
     x = randn(T, H, seed=1, dtype=dtype)
-    packed = pack(x, p)
-    assert torch.equal(packed, dispatch.pack(x, p))  # a copy: bit-exact, zero rows included
-    y = randn(p.num_rows, H, seed=2, dtype=dtype)
-    if p.every_row_filled is False:
-        y[p.token_index_R == T] = float("nan")  # rows of no kept slot must never be read
-    out = combine(y, p)
-    assert_bf16_close(out, dispatch.combine(y, p))
-    assert torch.equal(out, combine(y, p))  # deterministic: bit-identical run to run
+    with tuned(T):
+        packed = pack(x, p)
+        assert torch.equal(packed, dispatch.pack(x, p))  # a copy: bit-exact, zero rows included
+        y = randn(p.num_rows, H, seed=2, dtype=dtype)
+        if p.every_row_filled is False:
+            y[p.token_index_R == T] = float("nan")  # rows of no kept slot must never be read
+        out = combine(y, p)
+        assert_bf16_close(out, dispatch.combine(y, p))
+        assert torch.equal(out, combine(y, p))  # deterministic: bit-identical run to run
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cfg", row_configs(), ids=str)
+def test_every_row_config_computes_the_reference(cfg):
+    """Each pack/combine(/backward) config the tuner may pick, forced, at uneven sizes and both layouts."""
+    for kind, T, E, K, H, cf, layout in [("random", 3001, 128, 2, 4096, None, "ragged"),
+                                         ("skewed", 1000, 256, 8, 7168, 1.0, "padded"),
+                                         ("random", 2000, 32, 2, 1000, 1.25, "ragged")]:
+        r = routing_for(kind, T, E, K, seed=H)
+        p = plan_mod.build_plan(r, capacity_factor=cf, layout=layout, renormalize_kept=True)
+        x = randn(T, H, seed=1, dtype=torch.bfloat16)
+        y0 = randn(p.num_rows, H, seed=2, dtype=torch.bfloat16)
+        go = randn(T, H, seed=3, dtype=torch.bfloat16)
+        grads = []
+        with _common.using(force_config={"pack": cfg, "combine": cfg, "combine_bwd": cfg}):
+            assert torch.equal(pack(x, p), dispatch.pack(x, p))
+            out = combine(y0, p)
+            assert_bf16_close(out, dispatch.combine(y0, p))
+            assert torch.equal(out, combine(y0, p))
+            for fn in (combine, dispatch.combine):
+                y, g = y0.clone().requires_grad_(), p.gate_TK.clone().requires_grad_()
+                fn(y, plan_mod.Plan(**{**p.__dict__, "gate_TK": g})).backward(go)
+                grads.append((y.grad, g.grad))
+        assert_bf16_close(grads[0][0], grads[1][0])
+        torch.testing.assert_close(grads[0][1], grads[1][1], atol=1e-2, rtol=1e-2)
 
 
 def test_combine_skips_dropped_slots_and_handles_tokens_with_nothing_kept():
@@ -295,11 +379,15 @@ def test_combine_skips_dropped_slots_and_handles_tokens_with_nothing_kept():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("cf,policy,layout", [(None, "position", "ragged"), (0.7, "score", "padded"),
-                                              (0.8, "position", "ragged")])
-def test_layer_gradients_equal_the_reference(dtype, cf, policy, layout):
+@pytest.mark.parametrize("cf,policy,layout,size", [
+    (None, "position", "ragged", (240, 12, 3, 48)), (0.7, "score", "padded", (240, 12, 3, 48)),
+    (0.8, "position", "ragged", (240, 12, 3, 48)),
+    pytest.param(None, "position", "ragged", (2048, 64, 4, 512), marks=pytest.mark.gpu),
+    pytest.param(0.8, "score", "padded", (2048, 64, 4, 512), marks=pytest.mark.gpu),
+])
+def test_layer_gradients_equal_the_reference(dtype, cf, policy, layout, size):
     """route -> plan -> pack -> a row-specific nonlinearity -> combine, backward to x and the logits."""
-    T, E, K, H = 240, 12, 3, 48
+    T, E, K, H = size
     base_x, base_l = randn(T, H, seed=20, dtype=dtype), randn(T, E, seed=21)
     g_out = randn(T, H, seed=22, dtype=dtype)
     results = []
@@ -358,7 +446,8 @@ def test_bench_stages_and_roofline_run_with_the_triton_backend(tmp_path):
     assert os.path.getsize(png) > 1000
 
 
-@pytest.mark.parametrize("cfg", [(64, 32, 4, True), (128, 64, 8, False), (64, 64, 4, False), (256, 32, 4, True)])
+@pytest.mark.parametrize("cfg", [(64, 32, 4, True), (128, 64, 8, False), (64, 64, 4, False), (256, 32, 4, True)]
+                         + [pytest.param(c, marks=pytest.mark.gpu) for c in PLAN_CONFIGS])
 @pytest.mark.parametrize("cf,layout,valid", [(None, "ragged", False), (0.7, "padded", False), (1.0, "ragged", True)])
 def test_plan_launch_configs_all_compute_the_reference(cfg, cf, layout, valid):
     """Every config the GPU plan tuner may pick (block size, chunk, warps, separate block scan)."""
@@ -369,9 +458,5 @@ def test_plan_launch_configs_all_compute_the_reference(cfg, cf, layout, valid):
     else:
         r = routing_for("skewed", 700, 37, 3, seed=14)
     kw = dict(capacity_factor=cf, layout=layout, renormalize_kept=True)
-    kplan.set_plan_config(cfg)
-    try:
-        got = build_plan(r, **kw)
-    finally:
-        kplan.set_plan_config(None)
+    got = plan_mod.build_plan(r, **kw, impl=functools.partial(kplan.plan_tensors, config=cfg))
     assert_same_plan(got, plan_mod.build_plan(r, **kw))

@@ -340,7 +340,7 @@ def cmd_moe_layer(job: Job) -> None:
     dense_flops = timing.matmul_flops(run.device, parse_dtype(job.cases[0].dtype))  # the same run's compute ceiling
     for case in job.cases:
         dtype = parse_dtype(case.dtype)
-        H, F = case.hidden_dim, case.hidden_dim * args.expand
+        H, F = case.hidden_dim, args.ffn_dim or case.hidden_dim * args.expand
         for name in job.backends:
             torch.manual_seed(case.seed)
             layer = MoELayer(MoEConfig(H, F, case.num_experts, case.top_k, strategy=case.strategy, backend=name,
@@ -374,7 +374,7 @@ def cmd_moe_layer(job: Job) -> None:
             total_s = sum(t.median_s for t in times.values())
             routing_s = sum(times[k].median_s for k in ("router", "plan", "pack", "combine"))
             nbytes = metrics.bytes_per_token_strict(case.top_k, H, dtype.itemsize) * case.num_tokens
-            rec = {"name": "moe_ffn_layer_microbench", "backend": name, **case.as_record(), "expand": args.expand,
+            rec = {"name": "moe_ffn_layer_microbench", "backend": name, **case.as_record(), "expand": args.expand, "ffn_dim": F,
                    **{f"{k}_ms": t.median_s * 1e3 for k, t in times.items()}, "total_ms": total_s * 1e3,
                    "routing_share": routing_s / total_s, "tflops_total": flops_fwd / total_s / 1e12,
                    "fwd_bwd_ms": fb.median_s * 1e3, "tflops_fwd_bwd": 3 * flops_fwd / fb.median_s / 1e12,
@@ -460,7 +460,7 @@ def _grid(args, device: torch.device) -> list[bench.Case]:
                         if case not in cases:  # top1 maps every k to 1
                             cases.append(case)
     for case in {(c.num_tokens, c.hidden_dim, c.num_experts, c.top_k): c for c in cases}.values():
-        bench.check_fits(case, ffn_dim=case.hidden_dim * getattr(args, "expand", 0))
+        bench.check_fits(case, ffn_dim=getattr(args, "ffn_dim", None) or case.hidden_dim * getattr(args, "expand", 0))
     return cases
 
 
@@ -479,6 +479,8 @@ def prepare(args) -> Job:
         raise ConfigError("--cuda-graph times CUDA-graph replays and needs a CUDA device")
     if getattr(args, "expand", 1) < 1:
         raise ConfigError(f"--expand must be >= 1, got {args.expand}")
+    if getattr(args, "ffn_dim", None) is not None and args.ffn_dim < 1:
+        raise ConfigError(f"--ffn-dim must be >= 1, got {args.ffn_dim}")
     if args.command == "bench-moe-layer" and args.workload != "uniform":
         raise ConfigError("the layer routes with its own router (logits from its weights), so --workload does not "
                           "apply; drop it or use bench-routing")
@@ -553,6 +555,7 @@ def build_parser(extra_commands: Sequence[Callable[[argparse._SubParsersAction],
     _router_flags(p)
     _plan_flags(p, capacity_factor=1.25)
     p.add_argument("--expand", type=_int, default=4, help="expert hidden = expand * hidden-dim (>= 1)")
+    p.add_argument("--ffn-dim", type=_int, default=None, help="expert hidden size (overrides --expand)")
     p.set_defaults(func=cmd_moe_layer)
 
     p = add("sweep-pack", "pack and combine over a grid of sizes (the seed's sweep_pack.py)")

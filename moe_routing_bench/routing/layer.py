@@ -188,14 +188,22 @@ class MoELayer(nn.Module):
         w1, w2 = self.expert_weights(x_RH.dtype)
         return expert_ffn(x_RH, w1, w2, plan)
 
+    def dispatch_experts_combine(self, x_TH: torch.Tensor, plan: Plan) -> torch.Tensor:
+        """pack -> experts -> combine; the backend's fused path (same function, no packed copy of x) when it
+        has one for these tensors."""
+        fused = self.backend.fused_experts
+        out_TH = fused(x_TH, self.w1_EHF, self.w2_EFH, plan) if fused is not None else None
+        if out_TH is None:
+            out_TH = self.backend.combine(self.experts(self.backend.pack(x_TH, plan), plan), plan)
+        return out_TH
+
     def forward(self, x_TH: torch.Tensor, token_ids_T: torch.Tensor | None = None) -> tuple[torch.Tensor, MoEAux]:
         dtype = torch.get_autocast_dtype(x_TH.device.type) if torch.is_autocast_enabled(x_TH.device.type) else x_TH.dtype
         with torch.autocast(x_TH.device.type, enabled=False):
             logits_TE, routing = self.route(x_TH, token_ids_T)
             x = x_TH.to(dtype)
             plan = self.plan(routing, x)
-            y_RH = self.experts(self.backend.pack(x, plan), plan)
-            out_TH = self.backend.combine(y_RH, plan)
+            out_TH = self.dispatch_experts_combine(x, plan)
         aux = MoEAux(self.balance_loss(routing, plan), routers.z_loss(logits_TE), routing, plan)
         return out_TH, aux
 

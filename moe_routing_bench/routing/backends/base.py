@@ -20,6 +20,9 @@ class Backend:
     build_plan: Callable[..., Plan]
     pack: Callable[[torch.Tensor, Plan], torch.Tensor]
     combine: Callable[[torch.Tensor, Plan], torch.Tensor]
+    # (x_TH, w1_EHF, w2_EFH, plan) -> out_TH: pack, the layer's GELU expert MLPs and combine in one
+    # (no packed copy of x); returns None where it cannot run. None: the backend has no fused path.
+    fused_experts: Callable[..., torch.Tensor | None] | None = None
 
 
 def use_triton_interpreter_without_gpu() -> None:

@@ -3,9 +3,10 @@
 | primitive    | kernels                                                     | torch reference instead when    |
 |--------------|-------------------------------------------------------------|---------------------------------|
 | `route`      | `topk._route_kernel` (+ `autograd.RouteFn` under autograd)  | strategy `hash` or `expert-choice` (no fused kernel: they are not a per-token top-k); the older tool's variants (`seed_semantics`); E > 4096 or K > 16 |
-| `build_plan` | position policy: `plan._hist_kernel` [+ `_block_scan_kernel`] + `_rank_kernel` (2-3 launches, config tuned per shape on a GPU); score policy: `_hist/_scan_kernel`, one stable torch.sort of (expert, -weight) keys (torch fallback), `_score/_gate_kernel` | - |
+| `build_plan` | position policy: `plan._hist_kernel` [+ `_block_scan_kernel`] + `_rank_kernel` (2-3 launches, config tuned per shape on a GPU; the histogram launch is skipped when the fused router wrote one, `FusedRouting`); score policy: `_hist/_scan_kernel`, one stable torch.sort of (expert, -weight) keys (torch fallback), `_score/_gate_kernel` | - |
 | `pack`       | `pack._pack_kernel` (+ `autograd.PackFn`)                    | -                               |
 | `combine`    | `combine._combine_kernel` (+ `autograd.CombineFn`, backward `_combine_bwd_kernel`) | -          |
+| `fused_experts` | pack + GELU expert MLPs + combine of `MoELayer`: `grouped_gemm_kernels` with the gather in the first GEMM's loads (`autograd.ExpertsFn` backward: gathers and gates in the GEMM loads, no atomics) | None (the layer's unfused path) when the tensors are not where Triton runs or fp16 |
 Every primitive also falls back when its tensors are not where Triton runs (CPU tensors on a CUDA
 machine; CUDA tensors under the interpreter). Each computes the same function as the reference:
 same Plan fields, ids exact, lower expert id wins ties, float values within rounding.
@@ -18,6 +19,7 @@ recomputes the reference formulas for the chosen ids (`autograd.RouteFn`).
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 
@@ -25,7 +27,7 @@ from .. import dispatch, routers
 from .. import plan as plan_mod
 from .base import Backend
 from ._triton.launch import runs_here
-from ._triton.autograd_fns import CombineFn, PackFn, RouteFn
+from ._triton.autograd_fns import CombineFn, ExpertsFn, PackFn, RouteFn, experts_forward
 from ._triton.plan_kernels import plan_tensors as _triton_plan_tensors
 from ._triton.topk_kernels import MAX_EXPERTS, MAX_TOP_K, MODES, route_topk
 
@@ -51,22 +53,45 @@ def route(logits_TE: torch.Tensor, strategy: str, top_k: int, *, temperature: fl
     mode = MODES[name]
     bias = bias_E if name == "aux-free" else None
     if logits_TE.requires_grad and torch.is_grad_enabled():
-        ids, w, probs = RouteFn.apply(logits_TE, mode, top_k, float(temperature), bias)
+        ids, w, probs, hist, block_t = RouteFn.apply(logits_TE, mode, top_k, float(temperature), bias)
     else:
-        ids, w, probs = route_topk(logits_TE, mode, top_k, temperature=temperature, bias_E=bias)
-    return routers.Routing(ids, w, probs)
+        ids, w, probs, (hist, block_t) = route_topk(logits_TE, mode, top_k, temperature=temperature, bias_E=bias,
+                                                    write_hist=True)
+    return FusedRouting(ids, w, probs, block_hist=None if hist is None else (hist, block_t, ids, ids._version))
 
 
-def plan_tensors(expert_ids_TK, weights_TK, valid_TK, num_experts, capacity, drop_policy, renormalize_kept, layout):
+@dataclass
+class FusedRouting(routers.Routing):
+    """A Routing plus the fused router's expert histogram per router block: (int32 [blocks, bins], tokens
+    per block, the ids it counts, their version), so `build_plan` skips its histogram launch; ignored if
+    the ids were replaced or written since."""
+
+    block_hist: tuple | None = None
+
+    def histogram_for_plan(self) -> tuple[torch.Tensor, int] | None:
+        if self.block_hist is None:
+            return None
+        hist, block_t, ids, version = self.block_hist
+        if self.expert_ids_TK is not ids or ids._version != version or self.valid_TK is not None:
+            return None
+        return hist, block_t
+
+
+def plan_tensors(expert_ids_TK, weights_TK, valid_TK, num_experts, capacity, drop_policy, renormalize_kept, layout,
+                 block_hist=None):
     """`plan.plan_tensors` on the plan kernels (reference when the tensors are not where Triton runs)."""
     if expert_ids_TK.numel() == 0 or not runs_here(expert_ids_TK, weights_TK, valid_TK):
         return plan_mod.plan_tensors(expert_ids_TK, weights_TK, valid_TK, num_experts, capacity, drop_policy,
                                      renormalize_kept, layout)
     return _triton_plan_tensors(expert_ids_TK, weights_TK, valid_TK, num_experts, capacity, drop_policy,
-                                renormalize_kept, layout)
+                                renormalize_kept, layout, block_hist=block_hist)
 
 
-build_plan = functools.partial(plan_mod.build_plan, impl=plan_tensors)
+def build_plan(routing: routers.Routing, **kwargs) -> plan_mod.Plan:
+    """`plan.build_plan` on the plan kernels, reusing the fused router's histogram when it has one."""
+    hist = routing.histogram_for_plan() if isinstance(routing, FusedRouting) else None
+    impl = plan_tensors if hist is None else functools.partial(plan_tensors, block_hist=hist)
+    return plan_mod.build_plan(routing, impl=impl, **kwargs)
 
 
 def pack(x_TH: torch.Tensor, plan: plan_mod.Plan) -> torch.Tensor:
@@ -93,6 +118,19 @@ def combine(y_RH: torch.Tensor, plan: plan_mod.Plan) -> torch.Tensor:
     return combine_rows(y_RH, plan.row_TK, plan.gate_TK)
 
 
+def fused_experts(x_TH: torch.Tensor, w1_EHF: torch.Tensor, w2_EFH: torch.Tensor,
+                  plan: plan_mod.Plan) -> torch.Tensor | None:
+    """combine(gelu(pack(x) W1_e) W2_e) without the packed copy of x (weights in any float dtype, cast to
+    x's in the GEMM loads); None when this backend has no fused path for these tensors."""
+    if not runs_here(x_TH, w1_EHF, w2_EFH, plan.row_TK) or x_TH.dtype not in (torch.bfloat16, torch.float32):
+        return None
+    args = (x_TH, w1_EHF, w2_EFH, plan.gate_TK, plan.row_TK, plan.token_index_R, plan.kept_counts_E,
+            plan.offsets_E1)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in args[:4]):
+        return ExpertsFn.apply(*args)
+    return experts_forward(*args, save=False)[0]
+
+
 def triton_backend() -> Backend:
     """The registry entry `triton` (see `moe_routing_bench.backends`)."""
-    return Backend("triton", route, build_plan, pack, combine)
+    return Backend("triton", route, build_plan, pack, combine, fused_experts)

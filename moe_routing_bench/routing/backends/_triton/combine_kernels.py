@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .launch import Launcher, cdiv, empty, next_pow2
-from .pack_kernels import default_config, prune_row_configs, row_configs
+from .pack_kernels import default_config, prune_row_configs, row_configs, zero_empty_rows
 
 
 @triton.jit
@@ -85,22 +85,14 @@ def _combine_bwd_kernel(go_ptr, y_ptr, row_ptr, gate_ptr, tok_ptr, gy_ptr, gg_pt
             tl.store(gg_ptr + t64[:, None] * K + kk[None, :], dots, mask=tm[:, None] & (kk < K)[None, :])
     else:
         if ZERO_FILL:
-            r = (pid - n_tok) * BLOCK_T + tl.arange(0, BLOCK_T)
-            rm = r < R
-            src = tl.load(tok_ptr + r, mask=rm, other=0)
-            empty = rm & (src == T)
-            r64 = r.to(tl.int64)
-            zero = tl.zeros([BLOCK_T, BLOCK_H], gy_ptr.dtype.element_ty)
-            for hc in range(0, tl.cdiv(H, BLOCK_H)):
-                cols = hc * BLOCK_H + hh  # chunk index times a constexpr: 16-byte aligned
-                tl.store(gy_ptr + r64[:, None] * stride_gy + cols[None, :], zero,
-                         mask=empty[:, None] & (cols < H)[None, :])
+            zero_empty_rows(pid - n_tok, tok_ptr, gy_ptr, T, R, H, stride_gy, BLOCK_T, BLOCK_H)
 
 
 _FWD = Launcher(_combine_kernel, lambda args, meta: default_config(args[6]), row_configs(),
-                key=("H", "K", "GATED"), prune=prune_row_configs)
+                key=("H", "K", "GATED"), bucket=("T",), prune=prune_row_configs, name="combine")
 _BWD = Launcher(_combine_bwd_kernel, lambda args, meta: default_config(args[9]), row_configs(),
-                key=("H", "K", "NEED_GY", "NEED_GG", "ZERO_FILL"), prune=prune_row_configs)
+                key=("H", "K", "NEED_GY", "NEED_GG", "ZERO_FILL"), bucket=("T",), prune=prune_row_configs,
+                name="combine_bwd")
 
 
 def combine_rows(y_RH: torch.Tensor, row_TK: torch.Tensor, gate_TK: torch.Tensor | None,

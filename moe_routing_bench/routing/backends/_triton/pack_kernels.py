@@ -21,6 +21,23 @@ from .launch import INTERPRET, Launcher, cdiv, empty, next_pow2
 
 
 @triton.jit
+def zero_empty_rows(prog, tok_ptr, out_ptr, T, R, H, stride_o,
+                    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Zero rows [prog*BLOCK_T, (prog+1)*BLOCK_T) of out whose token_index_R is T (no kept slot owns them)."""
+    r = prog * BLOCK_T + tl.arange(0, BLOCK_T)
+    rm = r < R
+    src = tl.load(tok_ptr + r, mask=rm, other=0)
+    is_empty = rm & (src == T)
+    r64 = r.to(tl.int64)
+    hh = tl.arange(0, BLOCK_H)
+    zero = tl.zeros([BLOCK_T, BLOCK_H], out_ptr.dtype.element_ty)
+    for hc in range(0, tl.cdiv(H, BLOCK_H)):
+        cols = hc * BLOCK_H + hh  # chunk index times a constexpr: 16-byte aligned
+        tl.store(out_ptr + r64[:, None] * stride_o + cols[None, :], zero,
+                 mask=is_empty[:, None] & (cols < H)[None, :])
+
+
+@triton.jit
 def _pack_kernel(x_ptr, row_ptr, gate_ptr, tok_ptr, out_ptr,
                  T, R, H, stride_x, stride_o,
                  K: tl.constexpr, SCALE: tl.constexpr, ZERO_FILL: tl.constexpr,
@@ -48,16 +65,7 @@ def _pack_kernel(x_ptr, row_ptr, gate_ptr, tok_ptr, out_ptr,
                 tl.store(out_ptr + rs[:, None] * stride_o + cols[None, :], val, mask=keep[:, None] & cm[None, :])
     else:
         if ZERO_FILL:
-            r = (pid - n_tok) * BLOCK_T + tl.arange(0, BLOCK_T)
-            rm = r < R
-            src = tl.load(tok_ptr + r, mask=rm, other=0)
-            empty = rm & (src == T)
-            r64 = r.to(tl.int64)
-            zero = tl.zeros([BLOCK_T, BLOCK_H], out_ptr.dtype.element_ty)
-            for hc in range(0, tl.cdiv(H, BLOCK_H)):
-                cols = hc * BLOCK_H + hh  # chunk index times a constexpr: 16-byte aligned
-                tl.store(out_ptr + r64[:, None] * stride_o + cols[None, :], zero,
-                         mask=empty[:, None] & (cols < H)[None, :])
+            zero_empty_rows(pid - n_tok, tok_ptr, out_ptr, T, R, H, stride_o, BLOCK_T, BLOCK_H)
 
 
 def default_config(H: int) -> dict:
@@ -73,22 +81,22 @@ def row_configs() -> list:
     for block_t, block_h, warps in [
         (1, 1024, 4), (1, 2048, 4), (1, 4096, 4), (1, 4096, 8), (1, 8192, 8), (1, 4096, 16),
         (2, 2048, 4), (2, 4096, 8), (2, 4096, 16), (4, 1024, 4), (4, 2048, 8), (8, 1024, 4), (8, 1024, 8),
-        (16, 1024, 8), (1, 8192, 16), (2, 8192, 16), (4, 4096, 16),
+        (16, 1024, 8), (1, 8192, 16), (2, 8192, 16), (4, 4096, 16), (16, 1024, 4), (16, 512, 4), (32, 512, 4),
     ]:
         out.append(triton.Config({"BLOCK_T": block_t, "BLOCK_H": block_h}, num_warps=warps))
     return out
 
 
 def prune_row_configs(configs, named_args, **kwargs):
-    """Drop configs whose chunk is more than twice the (padded) hidden size."""
+    """Drop configs whose chunk is more than twice the (padded) hidden size or under an eighth of it."""
     H = named_args["H"]
-    keep = [c for c in configs if c.kwargs["BLOCK_H"] <= max(512, 2 * next_pow2(H))
+    keep = [c for c in configs if next_pow2(H) // 8 <= c.kwargs["BLOCK_H"] <= max(512, 2 * next_pow2(H))
             and c.kwargs["BLOCK_T"] * c.kwargs["BLOCK_H"] <= 16384]
     return keep or configs[:1]
 
 
 _LAUNCH = Launcher(_pack_kernel, lambda args, meta: default_config(args[7]), row_configs(),
-                   key=("H", "K", "SCALE", "ZERO_FILL"), prune=prune_row_configs)
+                   key=("H", "K", "SCALE", "ZERO_FILL"), bucket=("T",), prune=prune_row_configs, name="pack")
 
 
 def pack_rows(x_TH: torch.Tensor, row_TK: torch.Tensor, token_index_R: torch.Tensor, every_row_filled: bool,

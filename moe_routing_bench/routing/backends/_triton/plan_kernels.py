@@ -8,7 +8,10 @@ to bucket E (it sorts last, like the reference), so NUM_BINS = next_pow2(E + 1) 
 and next_pow2(E) without.
 
 `position` policy (two launches):
-  1. `_hist_kernel`   one program per block: histogram of the block's buckets -> hist[NB, NUM_BINS].
+  1. `_hist_kernel`   one program per block: histogram of the block's buckets -> hist[NB, NUM_BINS];
+                      skipped when the fused router already wrote one per router block (`block_hist`,
+                      router blocks of `hist_block_t` tokens dividing the plan's: the rank kernel then
+                      reads RATIO router-block rows per plan block).
   2. `_rank_kernel`   one program per block: reads every block's histogram (NB x NUM_BINS ints, from
                       L2) for the assignments of its bucket in earlier blocks and the totals; then
                       counts_E, kept_counts_E = min(counts, C), offsets_E1 (ragged: scan of kept
@@ -35,7 +38,7 @@ import triton
 import triton.language as tl
 
 from ...plan import num_rows
-from .launch import INTERPRET, Launcher, autotune_enabled, cdiv, empty, next_pow2
+from .launch import INTERPRET, LAUNCHERS, TUNE_CACHE, Launcher, autotune_enabled, capturing, cdiv, empty, next_pow2
 
 
 @triton.jit
@@ -93,9 +96,10 @@ def _hist_kernel(ids_ptr, valid_ptr, hist_ptr, T, E,
 def _rank_kernel(ids_ptr, valid_ptr, w_ptr, hist_ptr, off_ptr, totals_ptr, scratch_ptr,
                  counts_ptr, kept_counts_ptr, offsets_ptr,
                  slot_ptr, kept_ptr, row_ptr, tok_ptr, gate_ptr,
-                 T, E, C, R, NB,
+                 T, E, C, R, NBH,
                  K: tl.constexpr, K_PAD: tl.constexpr, HAS_VALID: tl.constexpr, HAS_CAP: tl.constexpr,
                  PADDED: tl.constexpr, RENORM: tl.constexpr, NUM_BINS: tl.constexpr, SCANNED: tl.constexpr,
+                 RATIO: tl.constexpr,
                  BLOCK_T: tl.constexpr, CH: tl.constexpr, ROWS_PER_PROG: tl.constexpr, BLOCK_NB: tl.constexpr):
     pid = tl.program_id(0)
     bins = tl.arange(0, NUM_BINS)
@@ -105,11 +109,11 @@ def _rank_kernel(ids_ptr, valid_ptr, w_ptr, hist_ptr, off_ptr, totals_ptr, scrat
     else:  # this block's offset per bucket (earlier blocks) and the totals, from every block's histogram
         before = tl.zeros([NUM_BINS], tl.int32)
         total = tl.zeros([NUM_BINS], tl.int32)
-        for b0 in range(0, NB, BLOCK_NB):
+        for b0 in range(0, NBH, BLOCK_NB):
             rb = b0 + tl.arange(0, BLOCK_NB)
-            h = tl.load(hist_ptr + rb[:, None] * NUM_BINS + bins[None, :], mask=(rb < NB)[:, None], other=0)
+            h = tl.load(hist_ptr + rb[:, None] * NUM_BINS + bins[None, :], mask=(rb < NBH)[:, None], other=0)
             total += tl.sum(h, axis=0)
-            before += tl.sum(tl.where((rb < pid)[:, None], h, 0), axis=0)
+            before += tl.sum(tl.where((rb < pid * RATIO)[:, None], h, 0), axis=0)
         tl.store(sp + bins, before)
     emask = bins < E
     if HAS_CAP:
@@ -153,7 +157,7 @@ def _rank_kernel(ids_ptr, valid_ptr, w_ptr, hist_ptr, off_ptr, totals_ptr, scrat
         rank += tl.sum(same.to(tl.int32), axis=2)
 
     if SCANNED:
-        slot = tl.load(off_ptr + pid * NUM_BINS + e, mask=m, other=0) + rank
+        slot = tl.load(off_ptr + pid * RATIO * NUM_BINS + e, mask=m, other=0) + rank
     else:
         slot = tl.load(sp + e, mask=m, other=0, cache_modifier=".cg") + rank
     kept = m & (e < E)
@@ -288,35 +292,42 @@ def gate_reference(weights_TK, kept_TK, valid_TK, renormalize_kept):
 
 # Launch configs of the position-policy plan: (assignments per block, pairwise chunk, rank-kernel warps,
 # SCANNED: a separate parallel block scan (3 launches) or each rank program summing the histograms
-# itself (2 launches)). On a GPU with autotuning on, the first call per shape times these (after
-# checking each against the first) and keeps the fastest; otherwise DEFAULT_PLAN_CONFIG.
+# itself (2 launches)). On a GPU with autotuning on, the first call per device and shape class times
+# these (after checking each against the first), keeps the fastest in the tune cache; otherwise
+# DEFAULT_PLAN_CONFIG. `plan_tensors(..., config=...)` forces one. A 5th element says whether to read the
+# fused router's histogram (True, the default where it aligns) or count again at the plan's block size:
+# the router's blocks are small, so its histogram has more rows for the rank programs to read; the
+# tuner times both.
 PLAN_CONFIGS = [(256, 32, 4, False), (256, 64, 8, False), (256, 64, 8, True), (128, 128, 8, True),
                 (128, 64, 4, True), (64, 64, 4, True), (512, 64, 8, True)]
-DEFAULT_PLAN_CONFIG = (1024, 256, 4, False) if INTERPRET else (256, 32, 4, False)
-_plan_state = {"override": None, "chosen": {}}
+DEFAULT_PLAN_CONFIG = (1024, 256, 4, False) if INTERPRET else (256, 32, 4, False, False)
 
 
-def set_plan_config(cfg: tuple | None) -> None:
-    """Force one plan config (tests, the GPU script); None restores the default/tuned choice."""
-    _plan_state["override"] = tuple(cfg) if cfg is not None else None
+class _PlanTuning:
+    """The plan's config choice (several launches, so not one Launcher): `last` as in `configs_used`."""
+
+    name = "plan"
+
+    def __init__(self):
+        self.chosen: dict[str, tuple] = {}
+        self.last: dict = {}
+        LAUNCHERS.append(self)
 
 
-def plan_config_choices() -> dict:
-    """The configs the plan tuner chose so far, by shape key, with the times it measured (ms)."""
-    return dict(_plan_state["chosen"])
+_PLAN = _PlanTuning()
 
 
 def _fixed(**cfg):
     return lambda args, meta: cfg
 
 
-_HIST = Launcher(_hist_kernel, _fixed(num_warps=4))
-_BSCAN = Launcher(_block_scan_kernel, _fixed(num_warps=4))
-_RANK4 = Launcher(_rank_kernel, _fixed(num_warps=4))
-_RANK8 = Launcher(_rank_kernel, _fixed(num_warps=8))
-_SCAN = Launcher(_scan_kernel, _fixed(num_warps=4))
-_SCORE = Launcher(_score_kernel, _fixed(num_warps=4))
-_GATE = Launcher(_gate_kernel, _fixed(num_warps=4))
+_HIST = Launcher(_hist_kernel, _fixed(num_warps=4), name="plan_hist")
+_BSCAN = Launcher(_block_scan_kernel, _fixed(num_warps=4), name="plan_block_scan")
+_RANK4 = Launcher(_rank_kernel, _fixed(num_warps=4), name="plan_rank_w4")
+_RANK8 = Launcher(_rank_kernel, _fixed(num_warps=8), name="plan_rank_w8")
+_SCAN = Launcher(_scan_kernel, _fixed(num_warps=4), name="plan_scan")
+_SCORE = Launcher(_score_kernel, _fixed(num_warps=4), name="plan_score")
+_GATE = Launcher(_gate_kernel, _fixed(num_warps=4), name="plan_gate")
 
 
 def _geometry(T, K, E, R, has_valid, cfg):
@@ -328,38 +339,62 @@ def _geometry(T, K, E, R, has_valid, cfg):
     return K_PAD, BLOCK_T, NB, NUM_BINS
 
 
-def _position_plan(ids, valid, w, outs, T, K, E, C, R, has_valid, has_cap, padded, renorm, cfg):
+def _position_plan(ids, valid, w, outs, T, K, E, C, R, has_valid, has_cap, padded, renorm, cfg, block_hist=None):
     counts, kept_counts, offsets, slot, kept_u8, row, tok, gate = outs
     block_a, ch, warps, scanned = cfg
     K_PAD, BLOCK_T, NB, NUM_BINS = _geometry(T, K, E, R, has_valid, cfg)
+    ratio = _hist_ratio(block_hist, BLOCK_T, NUM_BINS, has_valid)
+    NBH = block_hist[0].shape[0] if ratio else NB  # histogram rows
     dev = ids.device
-    work = empty((5 * NB + 1) * NUM_BINS, dtype=torch.int32, device=dev)
-    hist, off = work[: NB * NUM_BINS], work[NB * NUM_BINS: 2 * NB * NUM_BINS]
-    totals, scratch = work[2 * NB * NUM_BINS: 2 * NB * NUM_BINS + NUM_BINS], work[2 * NB * NUM_BINS + NUM_BINS:]
-    _HIST(lambda c: (NB,), (ids, valid, hist, T, E),
-          dict(K=K, K_PAD=K_PAD, HAS_VALID=has_valid, NUM_BINS=NUM_BINS, BLOCK_T=BLOCK_T))
+    work = empty((NBH + 3 * NB + 1) * NUM_BINS + (0 if ratio else NB * NUM_BINS), dtype=torch.int32, device=dev)
+    if ratio:
+        hist, rest = block_hist[0].view(-1), work
+    else:
+        hist, rest = work[: NB * NUM_BINS], work[NB * NUM_BINS:]
+        _HIST(lambda c: (NB,), (ids, valid, hist, T, E),
+              dict(K=K, K_PAD=K_PAD, HAS_VALID=has_valid, NUM_BINS=NUM_BINS, BLOCK_T=BLOCK_T))
+    off, totals, scratch = (rest[: NBH * NUM_BINS], rest[NBH * NUM_BINS: (NBH + 1) * NUM_BINS],
+                            rest[(NBH + 1) * NUM_BINS:])
     if scanned:
-        bpp = max(1, min(NUM_BINS, 8192 // next_pow2(NB)))
-        _BSCAN(lambda c: (NUM_BINS // bpp,), (hist, off, totals, NB),
-               dict(NUM_BINS=NUM_BINS, BPP=bpp, BLOCK_NB=max(1, min(next_pow2(NB), 8192 // bpp))))
+        bpp = max(1, min(NUM_BINS, 8192 // next_pow2(NBH)))
+        _BSCAN(lambda c: (NUM_BINS // bpp,), (hist, off, totals, NBH),
+               dict(NUM_BINS=NUM_BINS, BPP=bpp, BLOCK_NB=max(1, min(next_pow2(NBH), 8192 // bpp))))
     (_RANK8 if warps == 8 else _RANK4)(
         lambda c: (NB,), (ids, valid, w, hist, off, totals, scratch, counts, kept_counts, offsets, slot, kept_u8, row,
-                          tok, gate, T, E, C, R, NB),
+                          tok, gate, T, E, C, R, NBH),
         dict(K=K, K_PAD=K_PAD, HAS_VALID=has_valid, HAS_CAP=has_cap, PADDED=padded, RENORM=renorm,
-             NUM_BINS=NUM_BINS, SCANNED=scanned, BLOCK_T=BLOCK_T, CH=min(ch, next_pow2(BLOCK_T * K)),
-             ROWS_PER_PROG=next_pow2(max(1, cdiv(R, NB))), BLOCK_NB=max(1, min(next_pow2(NB), 4096 // NUM_BINS))))
+             NUM_BINS=NUM_BINS, SCANNED=scanned, RATIO=ratio or 1, BLOCK_T=BLOCK_T, CH=min(ch, next_pow2(BLOCK_T * K)),
+             ROWS_PER_PROG=next_pow2(max(1, cdiv(R, NB))), BLOCK_NB=max(1, min(next_pow2(NBH), 4096 // NUM_BINS))))
 
 
-def _tuned_plan_config(key, run):
-    """Time every PLAN_CONFIGS entry on this shape (each checked against the first), keep the fastest."""
-    if key in _plan_state["chosen"]:
-        return _plan_state["chosen"][key]["config"]
-    if torch.cuda.is_current_stream_capturing():
+def _hist_ratio(block_hist, block_t: int, num_bins: int, has_valid: bool) -> int:
+    """Plan blocks per router block when the router's histogram can stand for the plan's, else 0."""
+    if block_hist is None or has_valid:
+        return 0
+    hist, hist_block_t = block_hist
+    if hist.shape[1] != num_bins or block_t % hist_block_t:
+        return 0
+    return block_t // hist_block_t
+
+
+def _tuned_plan_config(key: str, run, candidates: list) -> tuple:
+    """The config for this shape class: chosen before (this process or the tune cache), else time every
+    candidate on this shape (each checked against the first) and keep the fastest."""
+    if key in _PLAN.chosen:
+        _PLAN.last = {"key": key, "config": _PLAN.chosen[key], "source": "tuned"}
+        return _PLAN.chosen[key]
+    cached = TUNE_CACHE.get(key)
+    if cached is not None:
+        _PLAN.chosen[key] = tuple(cached)
+        _PLAN.last = {"key": key, "config": tuple(cached), "source": "tune-cache"}
+        return tuple(cached)
+    if capturing():
+        _PLAN.last = {"key": key, "config": DEFAULT_PLAN_CONFIG, "source": "fixed (capturing)"}
         return DEFAULT_PLAN_CONFIG
     from triton.testing import do_bench
 
     ref, times = None, {}
-    for cfg in PLAN_CONFIGS:
+    for cfg in candidates:
         try:
             out = run(cfg)
             if ref is None:
@@ -370,7 +405,9 @@ def _tuned_plan_config(key, run):
         except Exception:  # a config that does not compile here is skipped
             continue
     best = min(times, key=times.get) if times else DEFAULT_PLAN_CONFIG
-    _plan_state["chosen"][key] = {"config": best, "times_ms": {str(k): v for k, v in times.items()}}
+    TUNE_CACHE.put(key, list(best), {str(k): v for k, v in times.items()})
+    _PLAN.chosen[key] = best
+    _PLAN.last = {"key": key, "config": best, "source": "tuned now"}
     return best
 
 
@@ -383,8 +420,14 @@ def plan_tensors(
     drop_policy: str,
     renormalize_kept: bool,
     layout: str,
+    *,
+    config: tuple | None = None,
+    block_hist: tuple[torch.Tensor, int] | None = None,
 ) -> tuple[torch.Tensor, ...]:
-    """Triton version of `moe_routing_bench.plan.plan_tensors` (same signature and result)."""
+    """Triton version of `moe_routing_bench.plan.plan_tensors` (same signature and result); `config`
+    forces one position-policy launch config (tests), else the tuned or default one. `block_hist`:
+    (int32 [blocks, bins] expert histogram of router blocks, tokens per block) from the fused router,
+    used instead of a histogram launch where its blocks divide the plan's."""
     T, K = expert_ids_TK.shape
     E, A = num_experts, T * K
     dev = expert_ids_TK.device
@@ -412,15 +455,24 @@ def plan_tensors(
     outs = (counts, kept_counts, offsets, slot, kept_u8, row, tok, gate)
 
     if drop_policy == "position":
-        def run(cfg):
-            _position_plan(ids, valid, w, outs, T, K, E, C, R, has_valid, has_cap, padded, renormalize_kept, cfg)
+        def run(cfg):  # a 5th element False: count again instead of reading the router's histogram
+            use_router_hist = len(cfg) < 5 or bool(cfg[4])
+            _position_plan(ids, valid, w, outs, T, K, E, C, R, has_valid, has_cap, padded, renormalize_kept,
+                           tuple(cfg[:4]), block_hist if use_router_hist else None)
             return outs
 
-        cfg = _plan_state["override"]
+        cfg = config
         if cfg is None:
             cfg = DEFAULT_PLAN_CONFIG
             if autotune_enabled():
-                cfg = _tuned_plan_config((T, K, E, has_valid, has_cap, padded, renormalize_kept), run)
+                hist_bt = block_hist[1] if block_hist is not None else 0
+                key = (f"plan|K={K}|E={E}|valid={has_valid}|cap={has_cap}|padded={padded}|renorm={renormalize_kept}"
+                       f"|router_hist_block={hist_bt}|T~{next_pow2(T)}")
+                # a fine router histogram makes the rank programs read more rows: time both ways
+                uses = (True, False) if block_hist is not None else (False,)
+                cfg = _tuned_plan_config(key, run, [(*c, u) for c in PLAN_CONFIGS for u in uses])
+            else:
+                _PLAN.last = {"key": "plan", "config": cfg, "source": "fixed"}
         run(cfg)
     else:
         K_PAD, BLOCK_T, NB, NUM_BINS = _geometry(T, K, E, R, has_valid, DEFAULT_PLAN_CONFIG)

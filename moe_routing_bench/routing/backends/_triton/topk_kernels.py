@@ -40,10 +40,10 @@ MAX_TOP_K = 16
 
 @triton.jit
 def _route_kernel(
-    x_ptr, bias_ptr, ids_ptr, w_ptr, probs_ptr,
+    x_ptr, bias_ptr, ids_ptr, w_ptr, probs_ptr, hist_ptr,
     T, E, stride_x, temperature,
     K: tl.constexpr, K_PAD: tl.constexpr, MODE: tl.constexpr, HAS_BIAS: tl.constexpr,
-    WRITE_PROBS: tl.constexpr, ACCURATE_EXP: tl.constexpr,
+    WRITE_PROBS: tl.constexpr, ACCURATE_EXP: tl.constexpr, WRITE_HIST: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -113,6 +113,9 @@ def _route_kernel(
     optr = rows64[:, None] * K + kcols[None, :]
     tl.store(ids_ptr + optr, ids.to(tl.int64), mask=omask)
     tl.store(w_ptr + optr, w, mask=omask)
+    if WRITE_HIST:  # this block's expert histogram, for the plan (saves its histogram launch)
+        h = tl.histogram(tl.reshape(ids, [BLOCK_T * K_PAD]), BLOCK_E, mask=tl.reshape(omask, [BLOCK_T * K_PAD]))
+        tl.store(hist_ptr + pid * BLOCK_E + cols, h)
 
     if WRITE_PROBS:
         if MODE == 4:
@@ -133,7 +136,7 @@ def _default_config(T: int, E: int) -> dict:
     return dict(BLOCK_T=block_t, num_warps=4)
 
 
-def _configs() -> list:
+def configs() -> list:
     out = []
     for block_t in (1, 2, 4, 8, 16, 32):
         for warps in (4, 8):
@@ -148,15 +151,17 @@ def _prune(configs, named_args, **kwargs):
     return keep or configs[:1]
 
 
-_LAUNCH = Launcher(_route_kernel, lambda args, meta: _default_config(args[5], args[6]), _configs(),
-                   key=("E", "K", "MODE", "WRITE_PROBS"), prune=_prune)
+_LAUNCH = Launcher(_route_kernel, lambda args, meta: _default_config(args[6], args[7]), configs(),
+                   key=("E", "K", "MODE", "WRITE_PROBS"), bucket=("T",), prune=_prune, name="topk")
 
 
 def route_topk(
     logits_TE: torch.Tensor, mode: int, top_k: int, *, temperature: float = 1.0,
-    bias_E: torch.Tensor | None = None, write_probs: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Launch the fused router: (ids int64 [T,K], weights float32 [T,K], probs float32 [T,E] or None)."""
+    bias_E: torch.Tensor | None = None, write_probs: bool = True, write_hist: bool = False,
+):
+    """Launch the fused router: (ids int64 [T,K], weights float32 [T,K], probs float32 [T,E] or None), and
+    with write_hist a 4th item: (int32 [ceil(T/BLOCK_T), next_pow2(E)] expert histogram per router block,
+    BLOCK_T)."""
     x = logits_TE if logits_TE.stride(-1) == 1 else logits_TE.contiguous()
     T, E = x.shape
     dev = x.device
@@ -164,7 +169,17 @@ def route_topk(
     w = empty(T, top_k, dtype=torch.float32, device=dev)
     probs = empty(T, E, dtype=torch.float32, device=dev) if write_probs else w
     bias = bias_E.detach().float().contiguous() if bias_E is not None else w
-    _LAUNCH(lambda c: (cdiv(T, c["BLOCK_T"]),), (x, bias, ids, w, probs, T, E, x.stride(0), float(temperature)),
-            dict(K=top_k, K_PAD=next_pow2(top_k), MODE=mode, HAS_BIAS=bias_E is not None, WRITE_PROBS=write_probs,
-                 ACCURATE_EXP=not INTERPRET, BLOCK_E=next_pow2(E)))
-    return ids, w, (probs if write_probs else None)
+    meta = dict(K=top_k, K_PAD=next_pow2(top_k), MODE=mode, HAS_BIAS=bias_E is not None, WRITE_PROBS=write_probs,
+                ACCURATE_EXP=not INTERPRET, WRITE_HIST=write_hist, BLOCK_E=next_pow2(E))
+    hist = torch.empty(0, dtype=torch.int32, device=dev)  # the same dtypes with or without: one tuning key
+    args = (x, bias, ids, w, probs, hist, T, E, x.stride(0), float(temperature))
+    if write_hist:  # rows for the config about to run; for every candidate (BLOCK_T >= 1) when it will tune
+        cfg = _LAUNCH.known_config(args, meta)
+        hist = empty(cdiv(T, cfg["BLOCK_T"] if cfg else 1), next_pow2(E), dtype=torch.int32, device=dev)
+        args = args[:5] + (hist,) + args[6:]
+    _LAUNCH(lambda c: (cdiv(T, c["BLOCK_T"]),), args, meta)
+    out = (ids, w, (probs if write_probs else None))
+    if not write_hist:
+        return out
+    block_t = _LAUNCH.last["config"]["BLOCK_T"]  # what ran last (the tuner's final launch is the best config)
+    return out + ((hist[: cdiv(T, block_t)], block_t),)
