@@ -331,7 +331,7 @@ _GATE = Launcher(_gate_kernel, _fixed(num_warps=4), name="plan_gate")
 
 
 def _geometry(T, K, E, R, has_valid, cfg):
-    block_a, ch, warps, scanned = cfg
+    block_a = cfg[0]  # a config has 4 or 5 elements (the 5th: read the router's histogram)
     K_PAD = next_pow2(K)
     BLOCK_T = max(1, block_a // K_PAD)
     NB = cdiv(T, BLOCK_T)
