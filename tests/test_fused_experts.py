@@ -38,7 +38,7 @@ def layers(strategy, cf, T, H, F, E, K, dtype, weight_dtype, seed=0):
     torch.manual_seed(seed)
     cfg = MoEConfig(H, F, E, K, strategy=strategy, backend="torch", capacity_factor=cf)
     ref = MoELayer(cfg).to(DEV)
-    fused = MoELayer(MoEConfig(**{**cfg.__dict__, "backend": "triton"})).to(DEV)
+    fused = MoELayer(MoEConfig(**{**cfg.__dict__, "backend": "triton", "fused_experts": True})).to(DEV)
     fused.load_state_dict(ref.state_dict())
     if weight_dtype != torch.float32:
         ref.to(weight_dtype)

@@ -176,10 +176,9 @@ def layer(run: Run, dense: float, name: str, variant: str, weight_dtype: torch.d
     T, H, F, E, K = LAYER_SHAPES[name]
     torch.manual_seed(0)
     with torch.device(DEV):
-        lay = mrb.MoELayer(mrb.MoEConfig(H, F, E, K, strategy="softk", backend="triton", capacity_factor=None))
+        lay = mrb.MoELayer(mrb.MoEConfig(H, F, E, K, strategy="softk", backend="triton", capacity_factor=None,
+                                         fused_experts=variant == "fused"))  # unfused: pack, grouped_mm, combine
     lay.to(weight_dtype)
-    if variant == "unfused":  # the triton backend's path before the fused experts: pack, grouped_mm, combine
-        lay.backend = dataclasses.replace(lay.backend, fused_experts=None)
     g = torch.Generator(device=DEV).manual_seed(1)
     x = torch.randn(T, H, device=DEV, generator=g).to(torch.bfloat16).requires_grad_()
     go = torch.randn(T, H, device=DEV, generator=g).to(torch.bfloat16)
