@@ -319,7 +319,7 @@ def train_parser(description: str, *, preset_default: str | None = None, bench: 
 def apply_presets(parser: argparse.ArgumentParser, argv: list[str] | None, preset_default: str | None) -> str | None:
     """Set the parser's defaults from --preset and, when --seed-semantics includes 'recipe', from
     RECIPE (two passes: a flag typed on the command line still wins)."""
-    early = argparse.ArgumentParser(add_help=False)
+    early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     early.add_argument("--preset", default=preset_default)
     early.add_argument("--seed-semantics", default=None)
     known, _ = early.parse_known_args(argv)
