@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -422,6 +421,3 @@ def to_argv(cfg: TrainConfig, sections=TRAIN_SECTIONS) -> list[str]:
                 argv += [flag_of(f), "none"]
     return argv
 
-
-def world_size_from_env() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))

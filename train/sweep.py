@@ -419,8 +419,8 @@ def _sweep(opts: SweepOptions, cfg: C.TrainConfig, configs: dict[Point, C.TrainC
             run_subprocesses(todo, status, opts, [], 1)
         else:
             run_in_process(todo, status)
-    except Stopped as e:
-        print(f"sweep: stopped by {e}", file=sys.stderr, flush=True)
+    except (Stopped, KeyboardInterrupt) as e:
+        print(f"sweep: stopped by {e or 'SIGINT'}; rerun the same command to resume", file=sys.stderr, flush=True)
         return 130
     finally:
         if ctx is not None and ctx.created_group:

@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: {note}", file=sys.stderr)
     try:
         bench(cfg) if cfg.bench.bench else train(cfg)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
     except Exception as e:
         message = fatal_message(e)
         if message is None:
