@@ -340,10 +340,10 @@ def config_from_namespace(ns: argparse.Namespace, preset: str | None = None) -> 
 
 
 def parse_train_args(argv: list[str] | None = None, *, description: str = "Train a small MoE LM.",
-                     prog: str | None = None) -> tuple[TrainConfig, list[str]]:
+                     prog: str | None = None, epilog: str | None = None) -> tuple[TrainConfig, list[str]]:
     """argv -> (normalised TrainConfig, notes to print). Raises SystemExit(2) on a bad flag and
     ConfigError on a bad combination."""
-    parser = train_parser(description, prog=prog)
+    parser = train_parser(description, prog=prog, epilog=epilog)
     preset = apply_presets(parser, argv, None)
     return normalize(config_from_namespace(parser.parse_args(argv), preset))
 

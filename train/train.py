@@ -57,7 +57,8 @@ def fatal_message(e: BaseException) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        cfg, notes = parse_train_args(argv, description=__doc__.split("\n")[0], prog=PROG)
+        cfg, notes = parse_train_args(argv, description=__doc__.split("\n")[0], prog=PROG,
+                                      epilog=__doc__.split("\n", 1)[1])
     except mrb.ConfigError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
