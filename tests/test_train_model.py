@@ -167,10 +167,11 @@ def test_capacity_groups_route_each_group_alone(router):
     assert stats.shape == (1, len(STAT_NAMES)) and int(counts.sum()) == sum(int(a.plan.counts_E.sum()) for a in aux[0])
 
 
-def test_capacity_groups_must_divide_the_batch():
-    m = tiny("softk", capacity_group_tokens=20)
-    with pytest.raises(ValueError, match="does not divide"):
-        m(batch()[0])
+def test_a_batch_that_is_not_a_multiple_of_the_group_ends_with_a_shorter_group():
+    m = tiny("softk", capacity_factor=1.0, capacity_group_tokens=20, layers=1)
+    _, aux = m(batch()[0])  # 48 tokens: groups of 20, 20, 8
+    assert [a.routing.num_tokens for a in aux[0]] == [20, 20, 8]
+    assert [a.plan.capacity for a in aux[0]] == [m.blocks[0].ffn.capacity(n) for n in (20, 20, 8)]
 
 
 def test_mha_attention_is_causal_with_biases():

@@ -24,11 +24,11 @@ def _train(tmp_path, *argv):
     return loop.train(cfg), cfg
 
 
-@pytest.mark.parametrize("router", ["top1", "hash", "expert-choice"])
+@pytest.mark.parametrize("router", ["top1", "expert-choice"])
 def test_seed_preset_trains_on_cpu_at_a_tiny_size(tmp_path, router):
     done, cfg = _train(tmp_path, "--router", router, "--capacity-factor", "1.0", "--device", "cpu", "--dim", "32",
                        "--heads", "2", "--seq-len", "16", "--batch-size", "8", "--capacity-group-tokens", "32",
-                       "--max-steps", "4", "--eval-interval", "2", "--num-stories", "100", "--eval-batches", "2")
+                       "--max-steps", "4", "--eval-interval", "4", "--num-stories", "15")  # every window: a short last batch
     assert cfg.moe.capacity_group_tokens == 32 and cfg.optim.beta2 == 0.999 and cfg.model.attention == "mha"
     assert done["step"] == 4 and done["best_val_loss"] <= done["final_val_loss"]
     hp = json.loads((tmp_path / "run" / "hparams.json").read_text())

@@ -184,11 +184,10 @@ class Block(nn.Module):
         h_TH = self.ln2(x_BSH).reshape(B * S, H)
         if not isinstance(self.ffn, MoELayer):
             return x_BSH + self.drop(self.ffn(h_TH).view(B, S, H)), []
-        G = self.group_tokens or B * S
-        if (B * S) % G:
-            raise ValueError(f"capacity_group_tokens {G} does not divide the batch's {B * S} tokens")
         # each group is routed on its own (capacity, expert-choice and hash positions per group), as
-        # the older tool's ranks each routed their own batch
+        # the older tool's ranks each routed their own batch; a batch that is not a multiple of the
+        # group (the last evaluation batch) ends with a shorter group
+        G = self.group_tokens or B * S
         outs, auxs = zip(*(self.ffn(h_GH, ids_G) for h_GH, ids_G in zip(h_TH.split(G), ids_T.split(G))))
         return x_BSH + self.drop(torch.cat(outs).view(B, S, H)), list(auxs)
 
