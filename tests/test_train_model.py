@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from moe_routing_bench.routing import metrics
 from moe_routing_bench.routing.layer import MoELayer
+from moe_routing_bench.routing.routers import expert_counts
 from train.model import STAT_NAMES, LossAndStats, ModelConfig, MoETransformer, routing_stats
 
 
@@ -102,6 +103,7 @@ def test_routing_stats_agree_with_metrics(router, cf):
     _, aux = m(batch()[0])
     for (a,) in aux:
         vec, counts = routing_stats(a)
+        assert torch.equal(counts, expert_counts(a.routing))  # pre-drop counts
         st = dict(zip(STAT_NAMES, vec.tolist()))
         d = metrics.drop_rates(a.plan.kept_TK, a.routing.valid_TK)
         ls = metrics.load_stats(counts)
