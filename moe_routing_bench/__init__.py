@@ -11,22 +11,28 @@ torch, never triton or matplotlib.
 from .harness.cases import STAGES, Case, bench_stages, make_inputs, stage_callables
 from .harness.records import append_jsonl, environment, read_jsonl, write_atomic
 from .harness.timing import Timing, copy_bandwidth, matmul_flops, measure
-from .routing import metrics
+from .routing import expert_parallel, metrics
 from .routing.backends import BACKENDS, Backend, available_backends, backend_unavailable_reason, get_backend
 from .routing.dispatch import combine, pack
+from .routing.expert_parallel import (ExpertParallelGroups, ExpertParallelMoELayer, expert_parallel_groups, moe_layer,
+                                      shard_experts)
 from .routing.layer import MoEAux, MoEConfig, MoELayer
 from .routing.plan import Plan, build_plan
 from .routing.routers import (STRATEGIES, Routing, balance_loss, canonical_strategy, capacity, route,
                               update_aux_free_bias, z_loss)
 from .routing.validation import ConfigError, parse_dtype
+# the older tool's semantics, factor by factor (issue 14)
+from .routing.routers import SEED_FACTORS, check_seed_semantics, seed_balance_loss, seed_route_factor
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BACKENDS", "STAGES", "STRATEGIES", "Backend", "Case", "ConfigError", "MoEAux", "MoEConfig", "MoELayer", "Plan",
+    "BACKENDS", "STAGES", "STRATEGIES", "Backend", "Case", "ConfigError", "ExpertParallelGroups",
+    "ExpertParallelMoELayer", "MoEAux", "MoEConfig", "MoELayer", "Plan",
     "Routing", "Timing", "append_jsonl", "available_backends", "backend_unavailable_reason", "balance_loss",
     "bench_stages", "build_plan", "canonical_strategy", "capacity", "combine", "copy_bandwidth",
-    "environment", "get_backend", "make_inputs", "matmul_flops", "measure", "metrics", "pack",
-    "parse_dtype", "read_jsonl", "route", "stage_callables", "update_aux_free_bias", "write_atomic",
+    "environment", "expert_parallel", "expert_parallel_groups", "get_backend", "make_inputs", "matmul_flops", "measure", "metrics", "moe_layer", "pack",
+    "parse_dtype", "read_jsonl", "route", "shard_experts", "stage_callables", "update_aux_free_bias", "write_atomic",
     "z_loss",
+    "SEED_FACTORS", "check_seed_semantics", "seed_balance_loss", "seed_route_factor",
 ]

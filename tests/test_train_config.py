@@ -79,17 +79,15 @@ def test_bad_combinations_are_config_errors():
         C.parse_train_args(["--preset", "nope"])
 
 
-def test_seed_fields_reach_the_moe_layer_or_fail_loudly():
+def test_seed_fields_reach_the_moe_layer():
     from train import model as M
 
-    cfg = M.ModelConfig(seq_len=8, layers=1, dim=16, heads=2, seed_semantics=("top1_gate",), router_bias=True)
-    if {"seed_semantics", "router_bias"} <= {f.name for f in dataclasses.fields(mrb.MoEConfig)}:
-        mc = M.moe_config(cfg)
-        assert mc.seed_semantics == ("top1_gate",) and mc.router_bias is True
-    else:  # a routing library without the older tool's semantics: an error, never a silent no-op
-        with pytest.raises(mrb.ConfigError, match="seed_semantics"):
-            M.moe_config(cfg)
-    assert M.moe_config(M.ModelConfig(seq_len=8, layers=1, dim=16, heads=2)).strategy == "softk"
+    cfg = M.ModelConfig(seq_len=8, layers=1, dim=16, heads=2, seed_semantics=("top1_gate",), router_bias=True,
+                        router_init_std=0.25)
+    layer = M.MoETransformer(cfg).blocks[0].ffn
+    assert layer.config.seed_semantics == ("top1_gate",) and layer.router.bias is not None
+    assert layer.config.router_init_std == 0.25
+    assert M.moe_config(M.ModelConfig(seq_len=8, layers=1, dim=16, heads=2)).seed_semantics == ()
 
 
 @pytest.mark.slow

@@ -1,6 +1,5 @@
 """The older tool's recipe (--preset seed) trains end to end: on CPU at a tiny size, on a GPU (when
 present) at its real size, compiled, for a few steps."""
-import dataclasses
 import json
 
 import pytest
@@ -10,17 +9,8 @@ import moe_routing_bench as mrb
 from train import loop
 from train.config import parse_train_args
 
-HAS_SEED_FIELDS = {"seed_semantics", "router_bias", "router_init_std"} <= {
-    f.name for f in dataclasses.fields(mrb.MoEConfig)}
-
-
 def _train(tmp_path, *argv):
     cfg, _ = parse_train_args(["--preset", "seed", "--outdir", str(tmp_path / "run"), "--quiet", *argv])
-    if not HAS_SEED_FIELDS:  # the routing library predates the older tool's semantics: a clear error,
-        with pytest.raises(mrb.ConfigError, match="router_bias"):
-            loop.train(cfg)
-        # and the rest of the recipe (attention, capacity groups, optimiser, evaluation) still trains
-        cfg = dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, router_bias=False, router_init_std=None))
     return loop.train(cfg), cfg
 
 
@@ -34,7 +24,11 @@ def test_seed_preset_trains_on_cpu_at_a_tiny_size(tmp_path, router):
     hp = json.loads((tmp_path / "run" / "hparams.json").read_text())
     assert hp["capacity_group_tokens"] == 32 and hp["capacity_per_expert"] == mrb.capacity(
         32, 1 if router == "top1" else 2, 8, 1.0)
-    assert "recipe" in hp["args"]["semantics"]
+    assert "recipe" in hp["args"]["semantics"] and hp["args"]["preset"] == "seed"
+    assert hp["model"]["seed_semantics"] == list(mrb.SEED_FACTORS) and hp["model"]["router_bias"] is True
+    rows = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert rows[0]["seed_semantics"] == list(mrb.SEED_FACTORS) and rows[0]["preset"] == "seed"
+    assert len(rows[0]["load_cv_kept_per_layer"]) == 2 and rows[0]["moe_layers"] == 2
 
 
 @pytest.mark.gpu

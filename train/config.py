@@ -189,11 +189,17 @@ class TrainConfig:
     semantics: tuple[str, ...] = ()  # resolved --seed-semantics (routing factors and 'recipe')
 
     def flat(self) -> dict:
-        """Every setting by field name (hparams.json's "args": one flat dict, as the seed's)."""
-        out = {"preset": self.preset, "semantics": list(self.semantics)}
+        """Every setting by field name (hparams.json's "args": one flat dict, as the seed's).
+        ``preset`` is the recipe used (``seed`` or None), ``preset_name`` the --preset typed."""
+        out = {"preset": self.recipe, "preset_name": self.preset, "semantics": list(self.semantics)}
         for section in SECTIONS:
             out.update(dataclasses.asdict(getattr(self, section)))
         return out
+
+    @property
+    def recipe(self) -> str | None:
+        """"seed" when the older tool's training recipe is on, else None (this project's)."""
+        return "seed" if RECIPE_FACTOR in self.semantics else None
 
     @property
     def routing_semantics(self) -> tuple[str, ...]:
@@ -240,9 +246,8 @@ PRESETS = {
 
 
 def seed_factors() -> tuple[str, ...]:
-    """The routing factors of the older tool this moe_routing_bench implements (none before the
-    seed-semantics release of the library)."""
-    return tuple(getattr(mrb, "SEED_FACTORS", ()))
+    """The older tool's routing factors the MoE layer implements."""
+    return tuple(mrb.SEED_FACTORS)
 
 
 def resolve_semantics(text: str) -> tuple[str, ...]:

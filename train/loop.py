@@ -10,8 +10,11 @@ Metric definitions (DESIGN section 4):
 - ``bytes_per_token_strict``: forward pack+combine bytes of ONE MoE layer, (2+2k)*dim*dtype_bytes
   (the older tool's convention); ``moe_layers`` layers; ``bw_GiBps_strict`` = bytes_per_token_strict
   * tokens_per_s / 2^30 (per layer), ``bw_GiBps_strict_all_layers`` = that times ``moe_layers``.
-- routing statistics (``model.STAT_NAMES``) are means over the layers and the steps of the
-  interval, across ranks.
+- routing statistics (``model.STAT_NAMES``: both conventions where the older tool's names collide,
+  ``load_cv``/``load_cv_kept``, ``gate_entropy``/``gate_entropy_selected``) are means over the steps
+  of the interval, across ranks: ``<name>_per_layer`` per MoE layer, ``<name>`` their mean.
+- ``seed_semantics``: the older tool's routing factors of the run; ``preset``: ``seed`` when its
+  training recipe was used (``--seed-semantics`` with ``recipe``), else None.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ import moe_routing_bench as mrb
 from train.checkpoint import (HPARAMS_NAME, LOG_NAME, RunLock, load_checkpoint, remove_checkpoints,
                               save_checkpoint, truncate_log)
 from train.config import TrainConfig
-from train.model import STAT_NAMES
+from train.model import STAT_NAMES, stats_record
 from train.trainer import DistContext, Trainer, all_reduce, reseed, setup_distributed, sync
 
 Event = Callable[[str, int], None]  # (event, step): "eval" and "checkpoint" before, "log" after
@@ -77,17 +80,17 @@ class Meter:
             self.timed += 1
 
     def collect(self, ctx: DistContext) -> tuple[float, dict]:
-        """(seconds of the timed steps, slowest rank; means over steps, layers and ranks)."""
+        """(seconds of the timed steps, slowest rank; means over steps and ranks: train_loss,
+        grad_norm and the routing statistics of ``model.stats_record``)."""
         sync(self.device)
         seg = torch.tensor([time.perf_counter() - self.t0 if self.timed else 0.0], device=self.device,
                            dtype=torch.float64)
         all_reduce(seg, ctx, dist.ReduceOp.MAX if ctx.world_size > 1 else None)
-        layers = self.stats.shape[0]
-        stats = (self.stats / self.n).mean(0) if layers else torch.zeros(len(STAT_NAMES), device=self.device)
-        means = all_reduce(torch.cat([(self.ce / self.n).reshape(1), (self.gn / self.n).reshape(1), stats]), ctx)
+        per_layer = (self.stats / self.n).reshape(-1)
+        means = all_reduce(torch.cat([(self.ce / self.n).reshape(1), (self.gn / self.n).reshape(1), per_layer]), ctx)
         means = (means / ctx.world_size).tolist()
-        stat_values = dict(zip(STAT_NAMES, means[2:] if layers else [None] * len(STAT_NAMES)))
-        return float(seg), {"train_loss": means[0], "grad_norm": means[1], **stat_values}
+        stats = stats_record(means[2:], self.stats.shape[0])
+        return float(seg), {"train_loss": means[0], "grad_norm": means[1], **stats}
 
     def reset(self) -> None:
         for t in (self.ce, self.gn, self.stats):
@@ -191,7 +194,7 @@ def log_record(t: Trainer, step: int, lr: float, means: dict, val_loss: float | 
         "bpc": val_loss / math.log(2) if val_loss is not None else None,
         "tokens_per_s": tps, "tokens_per_s_per_rank": _rate(tps, 1 / world),
         "step_ms": 1000.0 * seconds / timed if timed else None, "timed_steps": timed,
-        **{k: means[k] for k in STAT_NAMES},
+        **{k: v for k, v in means.items() if k not in ("train_loss", "grad_norm")},
         "grad_norm": means["grad_norm"] if cfg.optim.grad_clip > 0 else None,
         "flops_per_token": t.flops_per_token, "tflops": _rate(tps, t.flops_per_token / 1e12),
         "eff_tflops": _rate(tps, t.flops_per_token / 1e12),
@@ -203,7 +206,8 @@ def log_record(t: Trainer, step: int, lr: float, means: dict, val_loss: float | 
         "router": mc.router, "routing_strategy": mc.router, "strategy": mc.router.replace("-", "_"),
         "backend": mc.backend, "num_experts": mc.num_experts, "top_k": mc.top_k,
         "capacity_factor": mc.capacity_factor, "capacity_group_tokens": mc.capacity_group_tokens,
-        "seed_semantics": list(cfg.semantics), "causal_safe": mc.causal_safe, "world_size": world,
+        "seed_semantics": list(mc.seed_semantics), "preset": cfg.recipe, "causal_safe": mc.causal_safe,
+        "world_size": world,
         "compile": cfg.optim.compile, "dtype": str(t.effective_dtype).replace("torch.", ""),
     }
     if t.ctx.device.type == "cuda":

@@ -33,14 +33,15 @@ import torch.nn.functional as F
 from torch import nn
 
 import moe_routing_bench as mrb
-from moe_routing_bench import ConfigError, MoEAux, MoEConfig, MoELayer, metrics
+from moe_routing_bench import MoEAux, MoEConfig, MoELayer, metrics
 
 DENSE = "dense"
 ROUTERS = mrb.STRATEGIES + (DENSE,)
 
 # Per-layer routing statistics returned by LossAndStats, in this column order.
 STAT_NAMES = (
-    "balance_loss",      # Switch E * sum f_i P_i (1 = balanced), unscaled
+    "balance_loss",      # the layer's, unscaled: Switch E * sum f_i P_i (1 = balanced), or with
+                         # seed_semantics "balance_loss" the older tool's sum (f_i - 1/E)^2 on kept counts
     "z_loss",            # mean logsumexp(logits)^2, unscaled
     "drop_rate",         # dropped assignments / assignments (metrics.drop_rates' avg_drop_rate)
     "token_drop_rate",   # routed tokens with every assignment dropped / routed tokens
@@ -48,6 +49,11 @@ STAT_NAMES = (
     "load_cv",           # std/mean of pre-drop per-expert counts, population std
     "load_max_over_mean",
     "gate_entropy",      # mean per-token entropy (nats) of the full router distribution
+    "load_cv_kept",      # std/mean of KEPT (post-drop) counts: the older tool's load_cv
+    "gate_entropy_selected",  # entropy of the k selected gates: the older tool's gate_entropy
+    "mean_combine_weight",    # a token's total combine weight after drops (p_max for top1, k for seed topk-hard)
+    "mean_top1_prob",         # largest router probability per token
+    "fallback_rate",          # the older tool's expert-choice: tokens no expert picked, routed as softk (else 0)
 )
 
 
@@ -138,19 +144,12 @@ class MultiheadSelfAttention(nn.Module):
 
 
 def moe_config(cfg: ModelConfig) -> MoEConfig:
-    """The MoE layer's config. The older tool's semantics are fields of MoEConfig in releases that
-    have them; asking for them from an older library is an error, not a silent no-op."""
-    extra = {"seed_semantics": cfg.seed_semantics, "router_bias": cfg.router_bias,
-             "router_init_std": cfg.router_init_std}
-    known = {f.name for f in fields(MoEConfig)}
-    missing = [k for k, v in extra.items() if k not in known and v not in ((), False, None)]
-    if missing:
-        raise ConfigError(f"this moe_routing_bench has no MoEConfig field(s) {', '.join(missing)} "
-                          "(the older tool's semantics need a newer routing library)")
+    """The MoE layer's config: sizes, router, capacity, and the older tool's semantics."""
     return MoEConfig(cfg.dim, cfg.expert_dim, cfg.num_experts, cfg.top_k, strategy=cfg.router,
                      backend=cfg.backend, capacity_factor=cfg.capacity_factor, drop_policy=cfg.drop_policy,
                      renormalize_kept=cfg.renorm_after_drop, temperature=cfg.temperature,
-                     jitter_eps=cfg.jitter_eps, **{k: v for k, v in extra.items() if k in known})
+                     jitter_eps=cfg.jitter_eps, seed_semantics=cfg.seed_semantics, router_bias=cfg.router_bias,
+                     router_init_std=cfg.router_init_std)
 
 
 class DenseFFN(nn.Module):
@@ -282,8 +281,24 @@ def routing_stats(aux: MoEAux) -> tuple[torch.Tensor, torch.Tensor]:
     entropy = metrics.gate_entropy(routing.probs_TE)
     vec = torch.stack([aux.balance_loss.detach().float(), aux.z_loss.detach().float(), drops["avg_drop_rate"],
                        drops["token_drop_rate"], unrouted, load["load_cv"], load["load_max_over_mean"],
-                       entropy.detach()])
+                       entropy.detach(), metrics.load_cv_tensor(plan.kept_counts_E),
+                       metrics.gate_entropy_selected(routing.weights_TK, routing.valid_TK),
+                       metrics.mean_combine_weight(plan.gate_TK), metrics.mean_top1_prob(routing.probs_TE),
+                       torch.zeros_like(unrouted) if routing.fallback_T is None else routing.fallback_T.float().mean()])
     return vec, counts
+
+
+def stats_record(values: list[float], num_layers: int) -> dict:
+    """A log record's routing fields from the per-layer statistics flattened layer by layer
+    ([L * len(STAT_NAMES)], STAT_NAMES order): each name is the mean over the MoE layers and
+    ``<name>_per_layer`` the list of layer values; all None without MoE layers."""
+    if num_layers == 0:
+        return {k: None for k in STAT_NAMES} | {f"{k}_per_layer": None for k in STAT_NAMES}
+    n = len(STAT_NAMES)
+    rows = [values[i * n:(i + 1) * n] for i in range(num_layers)]
+    out = {k: sum(r[j] for r in rows) / num_layers for j, k in enumerate(STAT_NAMES)}
+    out.update({f"{k}_per_layer": [r[j] for r in rows] for j, k in enumerate(STAT_NAMES)})
+    return out
 
 
 class LossAndStats(nn.Module):

@@ -3,7 +3,8 @@
     python train/plot_curve.py --log runs/x/train_log.jsonl --metrics train_loss,val_loss,ppl --out curve.png
 
 One panel per metric, one line per log (several --log values overlay runs); records without the
-metric (val_loss between evaluations) are skipped; the done record is ignored.
+metric (val_loss between evaluations) are skipped; the done record is ignored. A per-layer metric
+(``load_cv_kept_per_layer``, any ``<stat>_per_layer`` of the log) draws one line per MoE layer.
 """
 from __future__ import annotations
 
@@ -46,14 +47,20 @@ def main(argv: list[str] | None = None) -> int:
     for ax, m in zip(axes[:, 0], metrics):
         for rows, label in zip(logs, labels):
             pts = [(r["step"], r[m]) for r in rows if r.get(m) is not None]
-            if pts:
-                ax.plot(*zip(*pts), marker="." if len(pts) < 40 else None, label=label)
-                plotted += 1
+            series = [(label, pts)]
+            if pts and isinstance(pts[0][1], list):  # one value per MoE layer
+                layers = len(pts[0][1])
+                series = [(f"{label} layer {i}", [(s, v[i]) for s, v in pts if len(v) > i]) for i in range(layers)]
+            for name, line in series:
+                if line:
+                    ax.plot(*zip(*line), marker="." if len(line) < 40 else None, label=name)
+                    plotted += 1
         ax.set_ylabel(m)
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("step")
-    if len(args.log) > 1:
-        axes[0, 0].legend(fontsize=7)
+    for ax in axes[:, 0]:
+        if len(ax.get_lines()) > 1:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=120)

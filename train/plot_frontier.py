@@ -8,7 +8,8 @@ one standard deviation over seeds on both axes; colour = router, marker = top-k,
 factor. The frontier line joins the non-dominated causally valid points (no other point is at least
 as fast and at least as good, and better in one). Expert-choice is not a causal LM router (it ranks
 the whole batch, the future included): its points are hollow, kept off the frontier, and the legend
-says "not causal".
+says "not causal". ``--select semantics=ours`` keeps one semantics where a summary holds several
+(the points are labelled with theirs otherwise).
 """
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ import argparse
 import csv
 import sys
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "train"]
+sys.path.insert(0, str(ROOT))
 
 MARKERS = {1: "o", 2: "s", 3: "D", 4: "^", 8: "v"}
 
@@ -31,11 +36,14 @@ def _truthy(v) -> bool:
     return str(v).strip().lower() in ("true", "1", "yes")
 
 
-def load_points(summary: str, x: str, y: str, filter_E=None, filter_dim=None) -> list[dict]:
+def load_points(summary: str, x: str, y: str, filter_E=None, filter_dim=None, select: dict | None = None) -> list[dict]:
+    """Points of the summary; ``select`` keeps rows whose columns equal the given strings
+    (e.g. {"semantics": "ours", "max_steps": "1200"})."""
     with open(summary, newline="") as f:
         rows = list(csv.DictReader(f))
     if any(r.get("row_type") == "mean" for r in rows):
         rows = [r for r in rows if r.get("row_type") == "mean"]
+    rows = [r for r in rows if all(str(r.get(k, "")).strip() == v for k, v in (select or {}).items())]
     pts = []
     for r in rows:
         if filter_E is not None and _f(r.get("num_experts")) != float(filter_E):
@@ -50,6 +58,7 @@ def load_points(summary: str, x: str, y: str, filter_E=None, filter_dim=None) ->
             "x": px, "y": py, "xerr": _f(r.get(x + "_std")) or 0.0, "yerr": _f(r.get(y + "_std")) or 0.0,
             "router": r.get("router", "?"), "k": int(_f(r.get("top_k")) or 0), "cf": r.get("capacity_factor", ""),
             "causal_safe": _truthy(causal) if causal != "" else r.get("router") != "expert-choice",
+            "semantics": r.get("semantics") or "ours",
         })
     return pts
 
@@ -79,7 +88,8 @@ def plot(points: list[dict], out: str, x_label: str, y_label: str, title: str) -
         ax.errorbar(p["x"], p["y"], xerr=p["xerr"], yerr=p["yerr"], fmt="none", ecolor=c, alpha=0.6, capsize=2)
         ax.scatter(p["x"], p["y"], marker=MARKERS.get(p["k"], "o"), s=60, linewidths=1.5,
                    facecolors=c if p["causal_safe"] else "none", edgecolors=c, zorder=3)
-        ax.annotate(f"cf {p['cf']}", (p["x"], p["y"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        sem = f", {p.get('semantics')}" if len({q.get("semantics") for q in points}) > 1 else ""
+        ax.annotate(f"cf {p['cf']}{sem}", (p["x"], p["y"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
     front = pareto([p for p in points if p["causal_safe"]])
     if front:
         ax.plot([p["x"] for p in front], [p["y"] for p in front], "k--", lw=1, zorder=2)
@@ -112,12 +122,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--x", default="auto", help="x column (higher is better); auto: bench_tokens_per_s "
                    "(throughput timed alone) where the summary has it, else median_tokens_per_s")
     p.add_argument("--y", default="final_val_ppl", help="y column (lower is better), e.g. best_val_ppl")
+    p.add_argument("--select", default="", help="key=value[,key=value]: only these rows, e.g. semantics=ours "
+                   "(a summary can hold the seed preset and ours side by side)")
     args = p.parse_args(argv)
+    from train.plot_semantics import parse_selection
+    try:
+        select = parse_selection(args.select)
+    except ValueError as e:
+        p.error(str(e))
     if args.x == "auto":
         with open(args.summary, newline="") as f:
             has_bench = any(r.get("bench_tokens_per_s") for r in csv.DictReader(f))
         args.x = "bench_tokens_per_s" if has_bench else "median_tokens_per_s"
-    pts = load_points(args.summary, args.x, args.y, args.filter_E, args.filter_dim)
+    pts = load_points(args.summary, args.x, args.y, args.filter_E, args.filter_dim, select)
     if not pts:
         print(f"plot_frontier.py: no rows with {args.x} and {args.y} after the filters", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from . import cases as bench, records as store, timing
+from . import ep_bench
 from ..routing import metrics
 from ..routing.backends import BACKENDS, available_backends, get_backend
 from ..routing.validation import ConfigError, parse_dtype
@@ -408,6 +409,7 @@ def build_parser(extra_commands: Sequence[Callable[[argparse._SubParsersAction],
     _common(p, backend="all")
     p.add_argument("--png", default="results/roofline.png")
     p.set_defaults(func=cmd_roofline, dtype="bfloat16")
+    ep_bench.add_command(sub)
     for add_command in extra_commands:
         add_command(sub)
     return ap

@@ -18,6 +18,7 @@ from torch import nn
 from . import routers
 from .backends import get_backend
 from .plan import Plan
+from .validation import ConfigError
 
 
 def _grouped_mm_supported(x_RH: torch.Tensor, w_EHF: torch.Tensor) -> bool:
@@ -49,8 +50,14 @@ def expert_ffn(x_RH: torch.Tensor, w1_EHF: torch.Tensor, w2_EFH: torch.Tensor, p
         E, C = plan.num_experts, plan.capacity
         h = F.gelu(torch.bmm(x_RH.view(E, C, -1), w1_EHF))
         return torch.bmm(h, w2_EFH).view(E * C, -1)
-    h = F.gelu(grouped_mm(x_RH, w1_EHF, plan.group_ends_E))
-    return grouped_mm(h, w2_EFH, plan.group_ends_E)
+    return ragged_expert_ffn(x_RH, w1_EHF, w2_EFH, plan.group_ends_E)
+
+
+def ragged_expert_ffn(x_RH: torch.Tensor, w1_EHF: torch.Tensor, w2_EFH: torch.Tensor,
+                      group_ends_E: torch.Tensor) -> torch.Tensor:
+    """gelu(x W1_e) W2_e over expert-major ragged rows (int32 group ends, the grouped GEMM's offs)."""
+    h = F.gelu(grouped_mm(x_RH, w1_EHF, group_ends_E))
+    return grouped_mm(h, w2_EFH, group_ends_E)
 
 
 def preferred_layout(capacity: int | None, x: torch.Tensor, w1_EHF: torch.Tensor) -> str:
@@ -75,6 +82,16 @@ class MoEConfig:
     renormalize_kept: bool = False
     temperature: float = 1.0
     jitter_eps: float = 0.0
+    # the older tool's semantics, factor by factor (routers.SEED_FACTORS; "all" for every one)
+    seed_semantics: tuple[str, ...] = ()
+    router_bias: bool = False  # the older tool's router is nn.Linear with a (zero-initialised) bias
+    router_init_std: float | None = None  # None: 0.1/sqrt(dim) (Switch); the older tool: dim**-0.5
+    expert_parallel: int = 1  # ranks the experts are sharded over (routing.expert_parallel); 1: all here
+
+    def __post_init__(self):
+        object.__setattr__(self, "seed_semantics", routers.check_seed_semantics(self.seed_semantics))
+        if self.router_init_std is not None and not self.router_init_std > 0:
+            raise ConfigError(f"router_init_std must be > 0 (or None for 0.1/sqrt(dim)), got {self.router_init_std!r}")
 
 
 @dataclass
@@ -92,6 +109,8 @@ class MoELayer(nn.Module):
     exactly what `forward` runs. Routing is float32 outside autocast; experts run in the activation
     (or autocast) dtype."""
 
+    shards_experts = False  # this class holds every expert; ExpertParallelMoELayer holds a shard
+
     def __init__(self, config: MoEConfig):
         super().__init__()
         self.config = config
@@ -100,12 +119,18 @@ class MoELayer(nn.Module):
         E = config.num_experts
         routers.check_top_k(self.top_k, E)
         self.backend = get_backend(config.backend)
-        # expert-choice: each expert takes ceil(cf*T*k/E) tokens, cf 1.0 when dropless
+        self.seed_factor = routers.seed_route_factor(self.strategy, config.seed_semantics)
+        # our expert-choice: each expert takes ceil(cf*T*k/E) tokens, cf 1.0 when dropless (the
+        # older tool's is token choice in the end: the usual capacity)
+        self._expert_choice = self.strategy == "expert-choice" and self.seed_factor is None
         self._capacity_ratio = routers.capacity_ratio(
-            config.capacity_factor or 1.0 if self.strategy == "expert-choice" else config.capacity_factor)
-        self.router = nn.Linear(config.dim, E, bias=False)
-        self.w1_EHF = nn.Parameter(torch.empty(E, config.dim, config.ffn_dim))
-        self.w2_EFH = nn.Parameter(torch.empty(E, config.ffn_dim, config.dim))
+            config.capacity_factor or 1.0 if self._expert_choice else config.capacity_factor)
+        if config.expert_parallel != 1 and not self.shards_experts:
+            raise ConfigError("MoELayer holds every expert: build expert_parallel > 1 with moe_layer() or ExpertParallelMoELayer")
+        self.router = nn.Linear(config.dim, E, bias=config.router_bias)
+        E_here = E // config.expert_parallel  # experts whose weights this module holds
+        self.w1_EHF = nn.Parameter(torch.empty(E_here, config.dim, config.ffn_dim))
+        self.w2_EFH = nn.Parameter(torch.empty(E_here, config.ffn_dim, config.dim))
         self.register_buffer("bias_E", torch.zeros(E))  # aux-free selection bias
         self.reset_parameters()
 
@@ -115,7 +140,10 @@ class MoELayer(nn.Module):
 
     def reset_parameters(self) -> None:
         dim, ffn = self.config.dim, self.config.ffn_dim
-        nn.init.normal_(self.router.weight, std=0.1 / math.sqrt(dim))  # small router init (Switch)
+        std = 0.1 / math.sqrt(dim) if self.config.router_init_std is None else self.config.router_init_std
+        nn.init.normal_(self.router.weight, std=std)  # default: small router init (Switch)
+        if self.router.bias is not None:
+            nn.init.zeros_(self.router.bias)
         nn.init.normal_(self.w1_EHF, std=1 / math.sqrt(dim))
         nn.init.normal_(self.w2_EFH, std=1 / math.sqrt(ffn))
 
@@ -128,23 +156,28 @@ class MoELayer(nn.Module):
         if self._capacity_ratio is None:
             return None
         capacity = routers.capacity_from_ratio(num_tokens, self.top_k, self.num_experts, self._capacity_ratio)
-        return min(num_tokens, capacity) if self.strategy == "expert-choice" else capacity  # EC never drops
+        return min(num_tokens, capacity) if self._expert_choice else capacity  # our EC never drops
 
     def route(self, x_TH: torch.Tensor, token_ids_T: torch.Tensor | None = None) -> tuple[torch.Tensor, routers.Routing]:
         """Router logits [T, E] (float32) and the Routing; call outside autocast."""
         router_in = routers.jitter(x_TH, self.config.jitter_eps) if self.training else x_TH
-        logits_TE = F.linear(router_in.float(), self.router.weight.float())
+        bias = None if self.router.bias is None else self.router.bias.float()
+        logits_TE = F.linear(router_in.float(), self.router.weight.float(), bias)
         routing = self.backend.route(
             logits_TE, self.strategy, self.top_k, temperature=self.config.temperature, token_ids_T=token_ids_T,
             bias_E=self.bias_E, capacity_factor=self.config.capacity_factor,
+            # only when set: a backend's route need not know the older tool's semantics to run ours
+            **({"seed_semantics": self.config.seed_semantics} if self.config.seed_semantics else {}),
         )
         return logits_TE, routing
 
-    def plan(self, routing: routers.Routing, x_TH: torch.Tensor) -> Plan:
+    def plan(self, routing: routers.Routing, x_TH: torch.Tensor, layout: str | None = None) -> Plan:
+        """The dispatch plan; `layout` None picks `preferred_layout`."""
         capacity = self.capacity(x_TH.shape[0])
         return self.backend.build_plan(
             routing, capacity_factor=None, capacity=capacity, drop_policy=self.config.drop_policy,
-            renormalize_kept=self.config.renormalize_kept, layout=preferred_layout(capacity, x_TH, self.w1_EHF),
+            renormalize_kept=routers.seed_renormalize_kept(self.seed_factor, self.config.renormalize_kept),
+            layout=layout or preferred_layout(capacity, x_TH, self.w1_EHF),
         )
 
     def expert_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,8 +196,15 @@ class MoELayer(nn.Module):
             plan = self.plan(routing, x)
             y_RH = self.experts(self.backend.pack(x, plan), plan)
             out_TH = self.backend.combine(y_RH, plan)
-        aux = MoEAux(routers.balance_loss(routing), routers.z_loss(logits_TE), routing, plan)
+        aux = MoEAux(self.balance_loss(routing, plan), routers.z_loss(logits_TE), routing, plan)
         return out_TH, aux
+
+    def balance_loss(self, routing: routers.Routing, plan: Plan) -> torch.Tensor:
+        """Unscaled: Switch's (gradient through the router probabilities), or the older tool's on kept
+        counts (no gradient) when `seed_semantics` has "balance_loss"."""
+        if "balance_loss" in self.config.seed_semantics:
+            return routers.seed_balance_loss(plan.kept_counts_E)
+        return routers.balance_loss(routing)
 
     @torch.no_grad()
     def update_bias(self, counts_E: torch.Tensor, gamma: float = 1e-3) -> None:

@@ -1,6 +1,14 @@
 """Metric formulas (DESIGN section 4). Names follow the seed README; units are in the names.
 
 Shape legend: T tokens, E experts, K experts per token.
+
+Where the older tool behind the seed README computes another thing under the same name, both are
+here, ours under the plain name (DESIGN section 4) and the older tool's with a suffix:
+| ours                                   | the older tool's                                        |
+|----------------------------------------|---------------------------------------------------------|
+| `load_cv`: pre-drop counts             | `load_cv_kept`: kept (post-drop) counts                 |
+| `gate_entropy`: full router distribution | `gate_entropy_selected`: the K selected gates          |
+Routing-level tensor functions return 0-d tensors and never synchronise the host.
 """
 from __future__ import annotations
 
@@ -80,3 +88,34 @@ def gate_entropy(probs_TE: torch.Tensor) -> torch.Tensor:
     """Mean over tokens of the entropy (nats) of the full router distribution."""
     p = probs_TE.float()
     return -(p * torch.log(p.clamp_min(1e-30))).sum(-1).mean()
+
+
+def gate_entropy_selected(weights_TK: torch.Tensor, valid_TK: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over tokens of the entropy (nats) of the K selected gates, normalised to sum 1 first
+    (slots with `valid_TK` False and zero weights count for nothing; a token without one is 0).
+
+    The older tool's `gate_entropy`, the same value for its softk, hash and expert-choice and 0 for
+    top1; for topk-hard it logs 0 (it has no gates) where this gives ln K."""
+    w = weights_TK.detach().float().clamp_min(0.0)
+    if valid_TK is not None:
+        w = torch.where(valid_TK, w, torch.zeros_like(w))
+    q = w / w.sum(-1, keepdim=True).clamp_min(1e-30)
+    return -(q * torch.log(q.clamp_min(1e-30))).sum(-1).mean()
+
+
+def mean_combine_weight(gate_TK: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of a token's total combine weight (sum of its kept gates, after drops and
+    any renormalisation): 1 for softk without drops, p_max < 1 for Switch top1 (gate down-scaling),
+    K for the older tool's topk-hard (an unweighted sum of K expert outputs)."""
+    return gate_TK.detach().float().sum(-1).mean()
+
+
+def mean_top1_prob(probs_TE: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of the largest router probability (1/E uniform ... 1 saturated)."""
+    return probs_TE.detach().float().max(-1).values.mean()
+
+
+def load_cv_tensor(counts_E: torch.Tensor) -> torch.Tensor:
+    """std/mean (population std) of per-expert counts, 0 when no expert has any: give pre-drop
+    counts for `load_cv`, kept counts for `load_cv_kept` (the older tool's)."""
+    return load_stat_tensors(counts_E)["load_cv"]

@@ -15,6 +15,10 @@ Routing math is float32 whatever the activation dtype; ties go to the lower expe
 `softk` with `renormalize=False` uses the full-softmax probabilities of the selected experts instead
 (Qwen2-MoE's `norm_topk_prob=False`). Expert-choice ranks every token of the batch, so in a causal
 LM the present sees the future: its `Routing.causal_safe` is False.
+
+`seed_semantics` selects, factor by factor, what the older tool behind the seed README computes
+under the same names (DESIGN section 2b; `SEED_FACTORS`, the block at the end of this module).
+Our semantics above stay the default.
 """
 from __future__ import annotations
 
@@ -50,6 +54,7 @@ class Routing:
     probs_TE: torch.Tensor  # float32 router distribution over experts: balance loss and entropy
     valid_TK: torch.Tensor | None = None  # bool; None means every slot is an assignment
     causal_safe: bool = True
+    fallback_T: torch.Tensor | None = None  # bool; the older tool's expert-choice: routed as softk instead
 
     @property
     def num_tokens(self) -> int:
@@ -122,13 +127,17 @@ def route(
     token_ids_T: torch.Tensor | None = None,
     bias_E: torch.Tensor | None = None,
     capacity_factor: float | None = None,
+    seed_semantics: tuple[str, ...] = (),
 ) -> Routing:
     """Route T tokens among E experts. See the module table for each strategy's semantics.
 
     `token_ids_T` (int) is required by `hash`; `bias_E` is aux-free's selection bias (zeros if None);
     `capacity_factor` sets expert-choice's per-expert token count C = ceil(cf*T*K/E) (cf 1 if None).
+    `seed_semantics` (names from `SEED_FACTORS`) swaps in the older tool's version of the strategy
+    where one of them applies to it (`seed_route_factor`); the others are ignored here.
     No host synchronisation: NaN logits are not checked here (see `errors.check_logits`)."""
     strategy = canonical_strategy(strategy)
+    seed_factor = seed_route_factor(strategy, seed_semantics)
     if logits_TE.dim() != 2:
         raise ConfigError(f"router logits must be [tokens, experts], got shape {tuple(logits_TE.shape)}")
     T, E = logits_TE.shape
@@ -138,6 +147,8 @@ def route(
     if not temperature > 0:
         raise ConfigError(f"temperature must be > 0, got {temperature}")
     logits = logits_TE.float()
+    if seed_factor is not None:
+        return SEED_ROUTERS[seed_factor](logits, top_k, capacity_factor)
     probs_TE = torch.softmax(logits, dim=-1)
 
     if strategy in ("top1", "topk-hard", "softk"):
@@ -223,7 +234,135 @@ def update_aux_free_bias(bias_E: torch.Tensor, counts_E: torch.Tensor, gamma: fl
         return bias_E + gamma * torch.sign(load.mean(-1, keepdim=True) - load)
 
 
+# ---------------------------------------------------------------------------------------------
+# The older tool's semantics (the tool behind the seed README; DESIGN section 2b, issue 14).
+# Each factor is one difference from our defaults, selectable alone so that a difference between
+# the two sweeps can be assigned to its cause. The routers below return ordinary `Routing`s: plan,
+# pack and combine are shared. `probs_TE` is the full softmax (our balance loss, the metrics).
+
+SEED_FACTORS = ("top1_gate", "topk_hard_weights", "hash_key", "expert_choice", "balance_loss")
+_SEED_ROUTE_FACTORS = {
+    "top1": "top1_gate", "topk-hard": "topk_hard_weights", "hash": "hash_key", "expert-choice": "expert_choice",
+}
+SEED_EXPERT_CHOICE_MAX_TOKENS = 64  # the older tool caps every expert's pick at 64 tokens
+_SEED_HASH_MUL, _SEED_HASH_ADD, _SEED_HASH_STEP = 1315423911, 2654435761, 97
+
+
+def check_seed_semantics(names) -> tuple[str, ...]:
+    """The factor names, validated and in `SEED_FACTORS` order (any case, '-' for '_'); a string is
+    one name, "all" every factor. ConfigError on an unknown name."""
+    if isinstance(names, str):
+        names = (names,)
+    chosen = set()
+    for name in names:
+        key = str(name).strip().lower().replace("-", "_")
+        if key == "all":
+            chosen.update(SEED_FACTORS)
+        elif key in SEED_FACTORS:
+            chosen.add(key)
+        else:
+            raise ConfigError(f"unknown seed-semantics factor {name!r}; choose from {', '.join(SEED_FACTORS)} or all")
+    return tuple(f for f in SEED_FACTORS if f in chosen)
+
+
+def seed_route_factor(strategy: str, seed_semantics: tuple[str, ...]) -> str | None:
+    """The factor of `seed_semantics` that changes how `strategy` routes, or None (ours applies)."""
+    factor = _SEED_ROUTE_FACTORS.get(canonical_strategy(strategy))
+    return factor if factor in check_seed_semantics(seed_semantics) else None
+
+
+def seed_top1(logits_TE: torch.Tensor, top_k: int = 1, capacity_factor: float | None = None) -> Routing:
+    """The older tool's top1: the argmax expert with weight 1. The weight is a constant, so the LM
+    loss gives the router no gradient (it learns only from a balance loss that has one)."""
+    logits = logits_TE.float()
+    _, ids = topk_lowest_id(logits.detach(), 1)
+    return Routing(ids, torch.ones(ids.shape, device=logits.device), torch.softmax(logits, dim=-1))
+
+
+def seed_topk_hard(logits_TE: torch.Tensor, top_k: int, capacity_factor: float | None = None) -> Routing:
+    """The older tool's topk-hard: the top-K experts, weight 1 each, so the output is the plain SUM
+    of K expert outputs (K times ours). No gradient to the router from the LM loss."""
+    logits = logits_TE.float()
+    _, ids = topk_lowest_id(logits.detach(), top_k)
+    return Routing(ids, torch.ones(ids.shape, device=logits.device), torch.softmax(logits, dim=-1))
+
+
+def seed_hash_experts(num_tokens: int, num_experts: int, top_k: int, device=None) -> torch.Tensor:
+    """[T, K] int64: base = (t * 1315423911 + 2654435761) mod E for row position t (not the token),
+    then (base + 97 j) mod E for the j-th choice; repeats an expert when E divides 97 j."""
+    t = torch.arange(num_tokens, device=device, dtype=torch.int64)
+    base = torch.remainder(t * _SEED_HASH_MUL + _SEED_HASH_ADD, num_experts)
+    steps = torch.arange(top_k, device=device, dtype=torch.int64) * _SEED_HASH_STEP
+    return torch.remainder(base[:, None] + steps, num_experts)
+
+
+def seed_hash(logits_TE: torch.Tensor, top_k: int, capacity_factor: float | None = None) -> Routing:
+    """The older tool's hash: `seed_hash_experts` of the row positions, weights 1/K; content-agnostic."""
+    T, E = logits_TE.shape
+    ids = seed_hash_experts(T, E, top_k, logits_TE.device)
+    return Routing(ids, torch.full(ids.shape, 1.0 / top_k, device=logits_TE.device),
+                   torch.softmax(logits_TE.float(), dim=-1))
+
+
+def seed_expert_choice_tokens(num_tokens: int, top_k: int, num_experts: int, capacity_factor: float | None) -> int:
+    """Tokens each expert picks in the older tool: min(ceil(cf*T*K/E), T, 64), cf 1 when None."""
+    per_expert = capacity(num_tokens, top_k, num_experts, 1.0 if capacity_factor is None else capacity_factor)
+    return min(per_expert, num_tokens, SEED_EXPERT_CHOICE_MAX_TOKENS)
+
+
+def seed_expert_choice(logits_TE: torch.Tensor, top_k: int, capacity_factor: float | None = None) -> Routing:
+    """The older tool's expert-choice, a token-choice router in the end:
+
+    1. each expert picks its top `seed_expert_choice_tokens` tokens by logit (lower token wins ties);
+    2. a token picked by at least one expert takes the top-K of those experts by logit, gates =
+       softmax over their logits; a slot no picking expert fills gets gate 0 and the lowest-id
+       expert that did not pick the token (it still takes a capacity slot there, as in the older
+       tool, whose choice of that expert is unspecified);
+    3. a token nobody picked falls back to softk (top-K logits, softmax over them).
+    Capacity and drops then apply as for token choice. It ranks the whole batch: not causal."""
+    logits = logits_TE.float()
+    T, E = logits.shape
+    per_expert = seed_expert_choice_tokens(T, top_k, E, capacity_factor)
+    _, tokens_EC = topk_lowest_id(logits.detach().t(), per_expert)
+    picked_TE = torch.zeros(T, E, dtype=torch.bool, device=logits.device)
+    picked_TE.scatter_(0, tokens_EC.t().contiguous(), True)
+    chosen = torch.where(picked_TE, logits, torch.full_like(logits, float("-inf")))
+    _, chosen_ids = topk_lowest_id(chosen.detach(), top_k)
+    _, fallback_ids = topk_lowest_id(logits.detach(), top_k)
+    picked_T1 = picked_TE.any(-1, keepdim=True)
+    ids = torch.where(picked_T1, chosen_ids, fallback_ids)
+    scores = torch.where(picked_T1, chosen, logits).gather(-1, ids)
+    weights = torch.softmax(scores, dim=-1)
+    return Routing(ids, weights, torch.softmax(logits, dim=-1), causal_safe=False, fallback_T=~picked_T1.squeeze(-1))
+
+
+def seed_balance_loss(kept_counts_E: torch.Tensor) -> torch.Tensor:
+    """The older tool's balance loss sum_i (f_i - 1/E)^2, f_i = expert i's share of the KEPT
+    assignments (multiply by alpha yourself). Integer counts: it carries no gradient, so it does not
+    balance anything; 0 at perfect balance, 1 - 1/E at total collapse, 0 when nothing was kept."""
+    counts = kept_counts_E.detach().float()
+    E = counts.shape[0]
+    f_E = counts / counts.sum().clamp(min=1.0)
+    loss = (f_E - 1.0 / E).square().sum()
+    return torch.where(counts.sum() > 0, loss, torch.zeros_like(loss))
+
+
+def seed_renormalize_kept(seed_factor: str | None, renormalize_kept: bool) -> bool:
+    """Whether kept weights are renormalised after drops. The older tool renormalises only routers
+    that have gates: never its weight-1 top1 and topk-hard (ours would rescale a topk-hard token
+    that lost one of its K slots to a total of K again)."""
+    return renormalize_kept and seed_factor not in ("top1_gate", "topk_hard_weights")
+
+
+SEED_ROUTERS = {
+    "top1_gate": seed_top1, "topk_hard_weights": seed_topk_hard, "hash_key": seed_hash,
+    "expert_choice": seed_expert_choice,
+}
+
+
 __all__ = [
-    "STRATEGIES", "Routing", "balance_loss", "canonical_strategy", "capacity", "expert_counts",
-    "jitter", "route", "topk_lowest_id", "update_aux_free_bias", "z_loss",
+    "SEED_FACTORS", "STRATEGIES", "Routing", "balance_loss", "canonical_strategy", "capacity",
+    "check_seed_semantics", "expert_counts", "jitter", "route", "seed_balance_loss", "seed_expert_choice",
+    "seed_expert_choice_tokens", "seed_hash", "seed_hash_experts", "seed_renormalize_kept", "seed_route_factor",
+    "seed_top1", "seed_topk_hard", "topk_lowest_id", "update_aux_free_bias", "z_loss",
 ]

@@ -38,6 +38,7 @@ def _compile_backend() -> Backend:
 
     def route(logits_TE, strategy, top_k, **opts):
         routers.canonical_strategy(strategy)  # raise ConfigError outside the compiled region
+        routers.check_seed_semantics(opts.get("seed_semantics", ()))
         check_top_k(top_k, logits_TE.shape[-1])
         return compiled_route(logits_TE, strategy, top_k, **opts)
 

@@ -2,7 +2,7 @@
 
 | primitive    | kernels                                                     | torch reference instead when    |
 |--------------|-------------------------------------------------------------|---------------------------------|
-| `route`      | `topk._route_kernel` (+ `autograd.RouteFn` under autograd)  | strategy `hash` or `expert-choice` (no fused kernel: they are not a per-token top-k); E > 4096 or K > 16 |
+| `route`      | `topk._route_kernel` (+ `autograd.RouteFn` under autograd)  | strategy `hash` or `expert-choice` (no fused kernel: they are not a per-token top-k); the older tool's variants (`seed_semantics`); E > 4096 or K > 16 |
 | `build_plan` | position policy: `plan._hist_kernel` [+ `_block_scan_kernel`] + `_rank_kernel` (2-3 launches, config tuned per shape on a GPU); score policy: `_hist/_scan_kernel`, one stable torch.sort of (expert, -weight) keys (torch fallback), `_score/_gate_kernel` | - |
 | `pack`       | `pack._pack_kernel` (+ `autograd.PackFn`)                    | -                               |
 | `combine`    | `combine._combine_kernel` (+ `autograd.CombineFn`, backward `_combine_bwd_kernel`) | -          |
@@ -33,18 +33,20 @@ from ._triton.topk_kernels import MAX_EXPERTS, MAX_TOP_K, MODES, route_topk
 
 def route(logits_TE: torch.Tensor, strategy: str, top_k: int, *, temperature: float = 1.0, renormalize: bool = True,
           token_ids_T: torch.Tensor | None = None, bias_E: torch.Tensor | None = None,
-          capacity_factor: float | None = None) -> routers.Routing:
-    """`routers.route` on the fused router kernel (see `kernels.topk` for the arithmetic)."""
+          capacity_factor: float | None = None, seed_semantics: tuple[str, ...] = ()) -> routers.Routing:
+    """`routers.route` on the fused router kernel (see `kernels.topk` for the arithmetic); the older
+    tool's variants (`seed_semantics`) run the reference."""
     name = routers.canonical_strategy(strategy)
     if logits_TE.dim() != 2:
         raise ConfigError(f"router logits must be [tokens, experts], got shape {tuple(logits_TE.shape)}")
     T, E = logits_TE.shape
     routers.check_top_k(top_k, E)
-    fallback = (name in ("hash", "expert-choice") or E > MAX_EXPERTS or top_k > MAX_TOP_K or T == 0
+    fallback = (name in ("hash", "expert-choice") or routers.seed_route_factor(name, seed_semantics) is not None or E > MAX_EXPERTS or top_k > MAX_TOP_K or T == 0
                 or not logits_TE.is_floating_point() or not runs_here(logits_TE, bias_E))
     if fallback:
         return routers.route(logits_TE, strategy, top_k, temperature=temperature, renormalize=renormalize,
-                             token_ids_T=token_ids_T, bias_E=bias_E, capacity_factor=capacity_factor)
+                             token_ids_T=token_ids_T, bias_E=bias_E, capacity_factor=capacity_factor,
+                             seed_semantics=seed_semantics)
     if name == "top1" and top_k != 1:
         raise ConfigError(f"top1 routes each token to exactly one expert; got top-k {top_k}")
     if not temperature > 0:
