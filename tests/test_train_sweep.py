@@ -213,3 +213,27 @@ def test_summarize_cli_and_export_unavailable(tmp_path, monkeypatch, capsys):
     rows = list(csv.DictReader(open(out)))
     assert [r["row_type"] for r in rows] == ["run", "mean"] and rows[0]["causal_safe"] == "True"
     assert summarize.main(["--runs", str(tmp_path / "none" / "*"), "--out", str(out)]) == 1
+
+
+def test_attribution_flips_one_factor_for_the_routers_it_changes(capsys):
+    import moe_routing_bench as mrb
+
+    argv = ["--preset", "seed", "--seeds", "17", "--capacity-factors", "1.0",
+            "--flip-list", "top1_gate,topk_hard_weights,hash_key,expert_choice,balance_loss,recipe"]
+    opts, cfg = sweep.parse(argv)
+    pts = sweep.grid(opts, cfg.semantics)
+    flips = {}
+    for p in pts:
+        flips.setdefault(p.flip, set()).add(p.router)
+    routers = {"top1", "topk-hard", "softk", "hash", "expert-choice"}
+    assert flips == {None: routers, "top1_gate": {"top1"}, "topk_hard_weights": {"topk-hard"}, "hash_key": {"hash"},
+                     "expert_choice": {"expert-choice"}, "balance_loss": routers, "recipe": routers}
+    assert sweep.main([*argv, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{len(pts)} runs")
+    line = next(ln for ln in out.splitlines() if ln.startswith("Rhash_E8_K2_CF1.0_S17_no-hash_key:"))
+    semantics = line.split("--seed-semantics ")[1].split()[0]
+    assert [f for f in mrb.SEED_FACTORS if f in semantics.split(",")] == [f for f in mrb.SEED_FACTORS if f != "hash_key"]
+    assert "recipe" in semantics and "--beta2 0.999" in line  # the rest of the preset unchanged
+    recipe_line = next(ln for ln in out.splitlines() if ln.startswith("Rsoftk_E8_K2_CF1.0_S17_no-recipe:"))
+    assert "--beta2 0.95" in recipe_line and "--max-steps 1200" in recipe_line and "--batch-size 128" in recipe_line
