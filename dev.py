@@ -5,9 +5,14 @@
     python3 dev.py test    # set up if needed, then the test suite
 
 Set-up makes `.venv` (seeing the system's packages, so a GPU machine keeps its own torch),
-installs `torch==2.13.0` and `triton==3.7.1` only when torch is missing, and installs this
-project in editable mode with its test and benchmark extras (pytest, hypothesis, asv).
-Standard library only.
+installs `torch==2.13.0` and `triton==3.7.1` only when torch is missing, installs the test tools
+(pytest, pytest-benchmark, hypothesis) into the venv even when the system Python has them (else
+`.venv/bin/pytest` would not exist and an activated venv's `pytest` would be the system's, which
+cannot import the venv's torch), and installs this project in editable mode with its test and
+benchmark extras. Standard library only.
+
+`bench` on a CPU times torch and compile at a small size (about 30-60 s; the Triton interpreter
+only with `--backend triton` or `all`) and appends records to runs/quick.jsonl (git-ignored).
 """
 from __future__ import annotations
 
@@ -22,6 +27,10 @@ VENV_PY = VENV / "bin" / "python"
 STAMP = VENV / ".moe-routing-bench-ready"
 TORCH_PIN = "torch==2.13.0"
 TRITON_PIN = "triton==3.7.1"
+ASV_MACHINE_FILE = Path("~/.asv-machine.json").expanduser()
+# Installed into the venv itself (console scripts in .venv/bin); the versions are pyproject's `test` extra.
+TEST_TOOLS = ["pytest>=8", "pytest-benchmark>=5.2", "hypothesis>=6.100"]
+QUICK_OUT = "runs/quick.jsonl"
 
 
 def _run(cmd: list[str], **kw) -> int:
@@ -44,6 +53,8 @@ def setup() -> None:
     """Idempotent: does the work once, then only when pyproject.toml changes."""
     pyproject = ROOT / "pyproject.toml"
     if STAMP.exists() and STAMP.stat().st_mtime >= pyproject.stat().st_mtime and _importable("moe_routing_bench"):
+        if not ASV_MACHINE_FILE.exists():
+            _check([VENV_PY, "-m", "moe_routing_bench.suite.store", "machine"])
         return
     if not VENV_PY.exists():
         _check([sys.executable, "-m", "venv", "--system-site-packages", VENV])
@@ -54,7 +65,11 @@ def setup() -> None:
         missing += [TRITON_PIN]
     if missing:
         _check([VENV_PY, "-m", "pip", "install", "-q", *missing])
+    if not (VENV / "bin" / "pytest").exists():
+        _check([VENV_PY, "-m", "pip", "install", "-q", "--ignore-installed", *TEST_TOOLS])
     _check([VENV_PY, "-m", "pip", "install", "-q", "-e", ".[test,bench]"])
+    # asv's machine file, so that `asv run` asks no questions and files results under the stable name
+    _check([VENV_PY, "-m", "moe_routing_bench.suite.store", "machine"])
     STAMP.touch()
 
 
@@ -67,7 +82,7 @@ def main(argv: list[str]) -> int:
     if what == "setup":
         return 0
     if what == "bench":
-        return _run([VENV_PY, "-m", "moe_routing_bench.cli", "quick", "--out", "results/quick.jsonl", *rest])
+        return _run([VENV_PY, "-m", "moe_routing_bench.cli", "quick", "--out", QUICK_OUT, *rest])
     rc = _run([VENV_PY, "-m", "pytest", "-q", *rest])
     if rc == 5:
         print("dev.py: pytest collected no tests; that is a failure here", file=sys.stderr)

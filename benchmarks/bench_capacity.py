@@ -3,7 +3,7 @@
 `track_avg_drop_rate` is a property of the routing, not a timing: dropped assignments / (T*k) for
 the reference backend, on every device (the same number everywhere for the same shape).
 """
-from .common import BACKENDS, MAIN_SHAPES, WORKLOADS, StageBenchmark, skip_unless, split_by_device, stage_setup
+from .common import BACKENDS, MAIN_SHAPES, WORKLOADS, StageBenchmark, api, skip_unless, split_by_device, stage_setup
 
 
 @split_by_device
@@ -24,15 +24,12 @@ class Capacity(StageBenchmark):
     track_routing_path_us.unit = "us"
 
     def track_avg_drop_rate(self, backend, *params):
-        from moe_routing_bench.harness import cases as bench
-        from moe_routing_bench.routing import metrics
-        from moe_routing_bench.routing.backends import get_backend
-
-        inputs = bench.make_inputs(self.case)
-        b = get_backend("torch")
+        mrb = api()
+        inputs = mrb.make_inputs(self.case)
+        b = mrb.get_backend("torch")
         routing = b.route(inputs.logits_TE, self.case.strategy, self.case.top_k, token_ids_T=inputs.token_ids_T)
         plan = b.build_plan(routing, capacity_factor=self.case.capacity_factor)
-        return metrics.drop_rates(plan.kept_TK, routing.valid_TK)["avg_drop_rate"]
+        return mrb.drop_rates(plan.kept_TK, routing.valid_TK)["avg_drop_rate"]
 
     track_avg_drop_rate.unit = "fraction"
 

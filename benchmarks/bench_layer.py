@@ -1,10 +1,10 @@
-"""The MoE layer (`moe_routing_bench.layer.MoELayer`): router, plan, pack, expert MLPs, combine.
+"""The MoE layer (`mrb.MoELayer`): router, plan, pack, expert MLPs, combine.
 
 Forward alone (inference) and forward + backward (training), capacity factor 1.25 (the seed's
 bench_moe_layer default), expert hidden 4 * H; peak memory where it matters (CPU: resident set of
 the process; GPU: torch's peak allocation during forward + backward).
 """
-from .common import BACKENDS, DTYPE, LAYER_SHAPES, SEED, gpu_median_us, prepare, split_by_device
+from .common import BACKENDS, DTYPE, LAYER_SHAPES, SEED, api, gpu_median_us, prepare, split_by_device
 
 
 @split_by_device
@@ -19,14 +19,12 @@ class MoELayer:
     def setup(self, backend, shape):
         import torch
 
-        from moe_routing_bench.harness import cases as bench
-        from moe_routing_bench import MoEConfig, MoELayer
-
+        bench = api()
         tokens, hidden, experts, top_k, device = LAYER_SHAPES[shape]
         prepare(device, backend)
         self.device = device
         torch.manual_seed(SEED)
-        self.layer = MoELayer(MoEConfig(hidden, 4 * hidden, experts, top_k, backend=backend, capacity_factor=1.25)).to(device)
+        self.layer = bench.moe_layer(hidden, 4 * hidden, experts, top_k, backend=backend, capacity_factor=1.25).to(device)
         case = bench.Case(tokens, hidden, experts, top_k, dtype=DTYPE, device=device, seed=SEED).validated()
         self.x = bench.make_inputs(case).x_TH
         self.x_grad = self.x.detach().clone().requires_grad_(True)

@@ -1,31 +1,44 @@
 """Shared parameters and set-up of the asv suites (DESIGN sections 5-7).
 
-The suites are thin: each class times one operation, and its `setup` builds the operation with
-`moe_routing_bench.bench` (Case, make_inputs, stage_callables): the callables the CLI and the
-pytest-benchmark fixtures time, so a number means the same thing everywhere.
+The suites are thin: each class times one operation, and its `setup` builds the operation with the
+public API (`import moe_routing_bench as mrb`: Case, make_inputs, stage_callables, measure): the
+callables the CLI and the pytest-benchmark fixtures time, so a number means the same thing
+everywhere. asv takes benchmarks/ from the working tree for every commit it measures: `api()` is
+the one place that adapts to commits from before the public API (old module paths).
 
 Methods by device (the device comes from the `shape` parameter):
   time_*     CPU shapes: asv's timer (perf_counter), one torch thread (regressions, not claims)
   peakmem_*  CPU shapes: peak resident memory of the process
-  track_*_us GPU shapes: `moe_routing_bench.timing.measure` (CUDA events, L2 flushed, warm-up),
-             the median in microseconds, as the CLI reports it (lower is better)
+  track_*_us GPU shapes: `mrb.measure` (CUDA events, L2 flushed, warm-up), the median in
+             microseconds, as the CLI reports it (lower is better). Not discovered at all on a
+             machine without a GPU (no process is started for them there); the project's asv
+             plugin keeps their entries in benchmarks.json.
 A method never runs for the other device's shapes (`skip_params`, decided before torch is imported).
 
-The parameter lists are the same on every machine. The store is shared, and asv maps each result
-onto the parameter lists in benchmarks.json (rewritten by every `asv run`): lists that depended on
-the machine would hide the other machines' history. `shape` bundles tokens, hidden size, experts
-and top-k (T-H-E-k): asv starts one process per parameter combination, and a free product of
-T x H x E x k would be mostly meaningless combinations, each costing a process.
+The parameter lists are the same on every machine (the store is shared and asv maps each result
+onto the lists in benchmarks.json). The first values are the main configuration: asv's first view
+of a benchmark draws the first values of each parameter (up to 8 lines), so shapes start with
+DESIGN's main GPU shape, then the main CPU shape. `shape` bundles tokens, hidden size, experts and
+top-k (T-H-E-k): asv starts one process per parameter combination, and a free product would be
+mostly meaningless combinations.
 
-Nothing here imports torch or touches CUDA at import time: asv's spawn launcher imports these
-modules in every benchmark process, and CUDA must be initialised only in the process that runs.
-Every class pins `version`, so its history survives edits of its source (bump it when the meaning
-of a number changes).
+Nothing here touches CUDA at import time (asv's launcher imports these modules in every benchmark
+process or in its fork server, whose children must initialise CUDA themselves). torch is imported
+here, so that the fork server imports it once for all its children. MOE_BENCH_ASV_SUBSET=main
+skips (cheaply, before any set-up) every GPU combination but the main shape with the uniform
+workload: the per-commit GPU history within a small budget. Every class pins `version`, so its history
+survives edits of its source (bump it when the meaning of a number changes).
 """
 from __future__ import annotations
 
 import itertools
 import os
+from types import SimpleNamespace
+
+try:  # preloaded by asv's fork server: its children start with torch imported (no CUDA touched)
+    import torch  # noqa: F401
+except ImportError:  # discovery in an environment without torch still lists the suites
+    pass
 
 BACKENDS = ["torch", "compile", "triton"]
 CPU_BACKENDS = {"torch"}  # compile: compile time dominates on CPU; triton: the interpreter on CPU
@@ -34,20 +47,22 @@ DTYPE = "bfloat16"
 SEED = 17
 
 # label -> (tokens, hidden, experts, top_k, device)
+# These shapes also live in moe_routing_bench.harness (gate, CLI defaults); asv needs its own copy
+# because it measures old commits with this file, and the labels are history keys.
 SHAPES = {
-    "T1024-H256-E16-k2": (1024, 256, 16, 2, "cpu"),
-    "T1024-H256-E64-k8": (1024, 256, 64, 8, "cpu"),
     "T16384-H4096-E128-k2": (16384, 4096, 128, 2, "cuda"),  # DESIGN section 7: the targets
+    "T1024-H256-E16-k2": (1024, 256, 16, 2, "cpu"),
     "T4096-H7168-E256-k8": (4096, 7168, 256, 8, "cuda"),  # pack/combine >= 90% of copy
     "T8192-H1024-E32-k2": (8192, 1024, 32, 2, "cuda"),  # small kernels: launch cost shows
+    "T1024-H256-E64-k8": (1024, 256, 64, 8, "cpu"),
 }
-STAGE_SHAPES = list(SHAPES)  # pack, combine: DESIGN's three GPU shapes
-ROUTER_SHAPES = STAGE_SHAPES[:3]  # top-k, plan: the CPU shapes and the main GPU shape
-MAIN_SHAPES = ["T1024-H256-E16-k2", "T16384-H4096-E128-k2"]  # one per device
+STAGE_SHAPES = list(SHAPES)  # pack, combine: DESIGN's three GPU shapes and two CPU shapes
+ROUTER_SHAPES = ["T16384-H4096-E128-k2", "T1024-H256-E16-k2", "T1024-H256-E64-k8"]  # top-k, plan
+MAIN_SHAPES = ["T16384-H4096-E128-k2", "T1024-H256-E16-k2"]  # one per device
 # MoE layer (the seed's bench_moe_layer sizes on GPU), expert hidden = 4 * H
 LAYER_SHAPES = {
-    "T512-H128-E8-k2": (512, 128, 8, 2, "cpu"),
     "T8192-H1024-E32-k2": (8192, 1024, 32, 2, "cuda"),
+    "T512-H128-E8-k2": (512, 128, 8, 2, "cpu"),
 }
 
 
@@ -64,17 +79,32 @@ def skip_unless(cls, method, keep) -> None:
 
 
 def split_by_device(cls):
-    """Class decorator: time_*/peakmem_* run on CPU shapes with CPU backends, track_*_us on GPU shapes."""
+    """Class decorator: time_*/peakmem_* run on CPU shapes with CPU backends, track_*_us on GPU
+    shapes; without a GPU the GPU methods are not discovered (asv_runner's `skip_benchmark`)."""
+    gpu = _gpu_present()
     for name in dir(cls):
         if name.startswith(("time_", "peakmem_")):
             skip_unless(cls, name, lambda p: device_of(p["shape"]) == "cpu" and p["backend"] in CPU_BACKENDS)
         elif name.startswith("track_") and (name.endswith("_us") or name.endswith("_mib")):
-            skip_unless(cls, name, lambda p: device_of(p["shape"]) == "cuda")
+            skip_unless(cls, name, lambda p: device_of(p["shape"]) == "cuda" and _in_subset(cls, p))
+            if not gpu:
+                getattr(cls, name).skip_benchmark = True
     return cls
 
 
+def _in_subset(cls, p: dict) -> bool:
+    """With MOE_BENCH_ASV_SUBSET=main: only the class's first GPU shape, uniform workload."""
+    if os.environ.get("MOE_BENCH_ASV_SUBSET") != "main":
+        return True
+    first_gpu = next(s for s in cls.params[cls.param_names.index("shape")] if device_of(s) == "cuda")
+    return p["shape"] == first_gpu and p.get("workload", "uniform") == "uniform"
+
+
 def _gpu_present() -> bool:
-    """A cheap check that needs no torch import: the NVIDIA driver is loaded."""
+    """A cheap check that needs no torch import: the NVIDIA driver is loaded.
+    MOE_BENCH_ASV_GPU=1 lists the GPU methods anyway (to refresh their benchmarks.json entries)."""
+    if os.environ.get("MOE_BENCH_ASV_GPU") == "1":
+        return True
     return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia"))
 
 
@@ -84,17 +114,36 @@ def prepare(device: str, backend: str):
         raise NotImplementedError("GPU shape on a machine without a GPU")
     import torch
 
-    from moe_routing_bench.routing import backends
-
+    mrb = api()
     if device == "cuda" and not torch.cuda.is_available():
         raise NotImplementedError("GPU shape, but torch sees no CUDA device")
-    reason = backends.backend_unavailable_reason(backend)
+    reason = mrb.backend_unavailable_reason(backend)
     if reason is not None:
         raise NotImplementedError(reason)
     if device == "cpu":
         torch.set_num_threads(1)  # 2 threads on 2 vCPUs gave bimodal samples
         stable_cpu_allocator()
-    return backends.get_backend(backend)
+    return mrb.get_backend(backend)
+
+
+def api() -> SimpleNamespace:
+    """What the suites use of moe_routing_bench, in any commit: the public API where the package
+    has one (`import moe_routing_bench as mrb`), else the module paths of the commits before it
+    (moe_routing_bench.bench, .backends, .layer with positional MoELayer arguments, .timing)."""
+    import moe_routing_bench as mrb
+
+    if hasattr(mrb, "stage_callables"):
+        return SimpleNamespace(
+            Case=mrb.Case, make_inputs=mrb.make_inputs, stage_callables=mrb.stage_callables,
+            get_backend=mrb.get_backend, backend_unavailable_reason=mrb.backend_unavailable_reason,
+            measure=mrb.measure, drop_rates=mrb.metrics.drop_rates,
+            moe_layer=lambda hidden, ffn, experts, top_k, **kw: mrb.MoELayer(mrb.MoEConfig(hidden, ffn, experts, top_k, **kw)))
+    from moe_routing_bench import backends, bench, layer, metrics, timing
+
+    return SimpleNamespace(
+        Case=bench.Case, make_inputs=bench.make_inputs, stage_callables=bench.stage_callables,
+        get_backend=backends.get_backend, backend_unavailable_reason=backends.backend_unavailable_reason,
+        measure=timing.measure, drop_rates=metrics.drop_rates, moe_layer=layer.MoELayer)
 
 
 def stable_cpu_allocator() -> None:
@@ -113,10 +162,9 @@ def stable_cpu_allocator() -> None:
 
 def stage_setup(stage: str, backend: str, shape: str, workload: str = "uniform", **case_options):
     """(case, zero-argument callable) for one stage of the routing path, inputs built already."""
-    from moe_routing_bench.harness import cases as bench
-
     tokens, hidden, experts, top_k, device = SHAPES[shape]
     impl = prepare(device, backend)
+    bench = api()
     case = bench.Case(tokens, hidden, experts, top_k, dtype=DTYPE, device=device, workload=workload,
                       seed=SEED, **case_options).validated()
     inputs = bench.make_inputs(case)
@@ -125,9 +173,7 @@ def stage_setup(stage: str, backend: str, shape: str, workload: str = "uniform",
 
 def gpu_median_us(fn, device: str = "cuda") -> float:
     """The CLI's measurement: CUDA events, 10 warm-up calls, 100 repetitions, L2 flushed."""
-    from moe_routing_bench.harness.timing import measure
-
-    return measure(fn, device, warmup=10, iters=100, flush_l2=True).median_s * 1e6
+    return api().measure(fn, device, warmup=10, iters=100, flush_l2=True).median_s * 1e6
 
 
 class StageBenchmark:

@@ -11,7 +11,7 @@ time) and times it with `benchmark.pedantic`, the way `moe_routing_bench.timing.
 CLI's timer) does:
 - GPU: CUDA events. Each round's `setup` queues an L2 flush (a read, as measure's) and a short GPU spin, without waiting,
   so the host enqueues the whole stage before the GPU reaches the start event; the timer
-  (`cuda_event_timer`) records the start event on its first call of a round and on the second
+  (`timing.cuda_event_timer`) records the start event on its first call of a round and on the second
   records the end event, waits for it and returns the elapsed GPU time. The CLI's measure queues
   100 repetitions ahead the same way: launch overhead is hidden in both. DESIGN section 7's main
   case, bf16, 100 rounds after 10 warm-up rounds, as the CLI's defaults.
@@ -31,35 +31,13 @@ import torch
 
 from moe_routing_bench.harness import cases as bench
 from moe_routing_bench.harness import records as store
+from moe_routing_bench.harness.timing import cuda_event_timer, stable_cpu_allocator
 from moe_routing_bench.routing.backends import backend_unavailable_reason, get_backend
-from moe_routing_bench.suite.gate import stable_cpu_allocator
 
-CPU_CASE = dict(num_tokens=1024, hidden_dim=256, num_experts=16, top_k=2)
-GPU_CASE = dict(num_tokens=16384, hidden_dim=4096, num_experts=128, top_k=2)  # DESIGN section 7
 ROUNDS = {"cpu": (20, 3), "cuda": (100, 10)}  # (rounds, warm-up rounds)
 TIMER = {"cuda": "CUDA events around the stage, queued behind an L2 flush and a GPU spin (host ahead)",
          "cpu": "perf_counter around the stage, one torch thread"}
 SPIN_CYCLES = 4_000_000  # ~2 ms at H100 clocks: longer than the host needs to enqueue a stage
-
-
-def cuda_event_timer():
-    """A pytest-benchmark timer in seconds of GPU time; calls alternate start (record, return 0)
-    and end (record, wait, return the elapsed time since the start event)."""
-    start = None
-
-    def cuda_event_timer() -> float:
-        nonlocal start
-        if start is None:
-            start = torch.cuda.Event(enable_timing=True)
-            start.record()
-            return 0.0
-        end = torch.cuda.Event(enable_timing=True)
-        end.record()
-        end.synchronize()
-        elapsed, start = start.elapsed_time(end) / 1e3, None
-        return elapsed
-
-    return cuda_event_timer
 
 
 def device() -> str:
@@ -69,8 +47,7 @@ def device() -> str:
 def default_case(**options) -> bench.Case:
     """The case the benchmark tests time on this machine (options override; seed 17, bf16)."""
     dev = device()
-    return bench.Case(**{**(GPU_CASE if dev == "cuda" else CPU_CASE), "dtype": "bfloat16", "device": dev,
-                         **options}).validated()
+    return bench.Case(**{**bench.main_shape(dev), "dtype": "bfloat16", "device": dev, **options}).validated()
 
 
 def runnable_backends() -> list[str]:

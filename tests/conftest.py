@@ -1,11 +1,11 @@
 """Test set-up. Triton kernels run under the interpreter on machines without a GPU; the variable is
-read when kernels are decorated, so it is set here, before any test imports them."""
-import os
-
+read when kernels are decorated, so it is set here (by the library's one function for it), before
+any test imports them."""
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from moe_routing_bench.routing.backends.base import use_triton_interpreter_without_gpu
+
+use_triton_interpreter_without_gpu()
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

@@ -1,5 +1,5 @@
-"""The result store exporters (moe_routing_bench/asv_store.py), the asv stubs that keep exported
-results visible (benchmarks/exported.py), and the published dashboard rendered offline."""
+"""The result store (moe_routing_bench/suite/store.py): exporters, asv's own file classes, locking
+and path checks; and the published dashboard rendered offline."""
 from __future__ import annotations
 
 import csv
@@ -62,16 +62,18 @@ def test_training_summary_export(tmp_path):
     assert {"exported.Training.track_best_val_ppl", "exported.Training.track_median_tokens_per_s",
             "exported.Training.track_mean_drop_rate", "exported.Training.track_mean_load_cv"} <= keys
     assert not any(k.endswith(("_std", "track_seed", "track_dim", "track_num_experts")) for k in keys)
-    registry = json.loads((store / "exported.json").read_text())
-    bench = json.loads((store / "benchmarks.json").read_text())
+    registry = json.loads((store / "benchmarks.json").read_text())
     entry = registry["exported.Training.track_final_val_ppl"]
-    assert bench["exported.Training.track_final_val_ppl"] == entry
     assert entry["version"] == asv_store.EXPORT_VERSION and entry["unit"] == "ppl" and entry["type"] == "track"
     assert entry["param_names"] == ["router", "num_experts", "top_k", "capacity_factor"]
     assert registry["exported.Training.track_median_tokens_per_s"]["unit"] == "tokens/s"
     machine = json.loads((store / MACHINE / "machine.json").read_text())
     assert machine["machine"] == MACHINE and "gpu" in machine and "cuda" in machine
-    assert not list(store.rglob(".*"))  # atomic writes leave no temp files
+    assert not [p for p in store.rglob(".*") if p.name != ".lock"]  # atomic writes leave no temp files
+    from asv.results import Results  # asv itself reads what the store wrote
+
+    loaded = Results.load(str(path))
+    assert loaded.get_result_value("exported.Training.track_final_val_ppl", entry["params"]).count(None) < 48
 
 
 def test_export_merges_with_the_same_commit_and_env(tmp_path):
@@ -126,35 +128,77 @@ def test_cli_errors_exit_2(tmp_path, capsys):
     assert "lacks the column" in capsys.readouterr().err
 
 
-def _load_stubs(monkeypatch):
-    """benchmarks/exported.py imported as asv imports it (benchmarks.exported)."""
-    spec = importlib.util.spec_from_file_location("benchmarks.exported", ROOT / "benchmarks" / "exported.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "benchmarks.exported", module)
-    spec.loader.exec_module(module)
-    return module
+def _export_worker(args) -> None:
+    store, index, n = args
+    for i in range(n):
+        report = {"machine_info": {"python_version": "3.11.7"}, "commit_info": {"id": HEAD},
+                  "benchmarks": [{"name": f"test_w{index}_{i}", "stats": {"median": 1e-6 * (index * 100 + i + 1)},
+                                  "extra_info": {}}]}
+        src = Path(store).parent / f"w{index}_{i}.json"
+        src.write_text(json.dumps(report))
+        asv_store.export_pytest_benchmark(src, Path(store), MACHINE)
 
 
-def test_stubs_rediscover_the_registry_entries(tmp_path, monkeypatch):
-    """What `asv run` discovery makes of the stubs equals what the exporter registered, so a later
-    `asv run` (which rewrites benchmarks.json) keeps exported results visible."""
-    discovery = pytest.importorskip("asv_runner.discovery")
+@pytest.mark.slow
+def test_eight_concurrent_exporters_lose_nothing(tmp_path):
+    """8 processes export 6 results each into one (machine, commit, env) file and one benchmarks.json:
+    the lock around each read-modify-write keeps all 48, and both files agree."""
+    import multiprocessing
+
     store = tmp_path / "asv"
-    asv_store.export_training_summary(write_summary(tmp_path / "s.csv"), store, MACHINE, commit=HEAD)
-    registry = json.loads((store / "exported.json").read_text())
-    stubs = _load_stubs(monkeypatch)
-    classes = stubs._classes(registry)
-    seen = 0
-    for cls in classes.values():
-        for name in dir(cls):
-            if name.startswith("track_"):
-                b = discovery._get_benchmark(name, stubs, cls, getattr(cls, name))
-                entry = registry[b.name]
-                assert b.params == entry["params"]  # asv keeps reprs, as the store does
-                assert (b.param_names, b.unit, b.type) == (entry["param_names"], entry["unit"], "track")
-                assert cls.version == entry["version"]
-                seen += 1
-    assert seen == sum(k.startswith("exported.Training.") for k in registry) == 5
+    with multiprocessing.get_context("fork").Pool(8) as pool:
+        pool.map(_export_worker, [(str(store), w, 6) for w in range(8)])
+    (path,) = (store / MACHINE).glob("*-export-pytest-*.json")
+    values = result_values(path, "exported.PytestBenchmark.track_median_us")
+    expected = {(f"'test_w{w}_{i}'",): pytest.approx(w * 100 + i + 1) for w in range(8) for i in range(6)}
+    assert {k: v for k, v in values.items() if v is not None} == expected
+    registry = json.loads((store / "benchmarks.json").read_text())
+    assert len(registry["exported.PytestBenchmark.track_median_us"]["params"][0]) == 48
+    assert not [p for p in store.rglob(".*") if p.name != ".lock"]
+
+
+@pytest.mark.parametrize("bad", ["../..", "..", "a/b", "/etc", ".hidden", "", "a b", "x\n"])
+def test_machine_and_environment_names_must_be_one_safe_path_component(tmp_path, bad):
+    src = tmp_path / "pb.json"
+    src.write_text(json.dumps({"commit_info": {"id": HEAD}, "benchmarks": [{"name": "t", "stats": {"median": 1.0}}]}))
+    assert asv_store.main(["pytest-benchmark", str(src), "--machine", bad, "--results-dir", str(tmp_path / "s")]) == 2
+    assert not (tmp_path / "s").exists() or not [p for p in (tmp_path / "s").rglob("*.json")]
+    # an imported results file whose env_name would climb out of the store
+    good = tmp_path / "good"
+    asv_store.export_pytest_benchmark(src, good, MACHINE)
+    (result,) = (good / MACHINE).glob("*-export-*.json")
+    data = json.loads(result.read_text())
+    data["env_name"] = bad
+    result.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="safe path component"):
+        asv_store.import_results(good, tmp_path / "target")
+    assert not list(tmp_path.glob("target/**/*.json")) and not (tmp_path.parent / "etc").exists()
+
+
+def test_machine_keys_do_not_change_with_the_kernel_or_ram(monkeypatch):
+    """asv copies machine keys into every result's parameters; a key that moved with a kernel update
+    or a reboot would split one machine's history into several series."""
+    import platform
+
+    first = asv_store.machine_info()
+    monkeypatch.setattr(platform, "release", lambda: "9.9.9-other-kernel")
+    monkeypatch.setattr(platform, "uname", lambda: platform.uname_result("Linux", "h", "9.9", "#2", "x86_64"))
+    monkeypatch.setattr(os, "sysconf", lambda name: 12345)
+    assert asv_store.machine_info() == first
+    assert first["os"] == platform.system() and first["ram"] == ""
+    assert first["machine"] == asv_store.default_machine_name(first["gpu"])
+    committed = json.loads((ROOT / "results/asv/cpu-amd-epyc-2c/machine.json").read_text())
+    assert committed["os"] == "Linux" and committed["ram"] == ""
+
+
+def test_register_machine_writes_a_file_asv_reads_without_questions(tmp_path):
+    from asv.machine import Machine
+
+    path = tmp_path / "machine.json"
+    info = asv_store.register_machine("cpu-test-2c", path)
+    asv_store.register_machine("cpu-test-2c", path)  # idempotent
+    machine = Machine.load(_path=str(path))  # no name given: asv looks up the host name
+    assert machine.machine == "cpu-test-2c" and machine.os == info["os"]
 
 
 # ------------------------------------------------------------------------------ the dashboard
@@ -188,12 +232,13 @@ def _y_ticks(dom: str) -> list[float]:
 @pytest.mark.slow
 def test_dashboard_renders_offline_with_kernel_and_training_graphs(tmp_path):
     from moe_routing_bench.suite import dashboard as pub
+    import browser
 
     _require("asv", importlib.util.find_spec("asv") is not None)
     try:
-        pub.find_chromium()
+        browser.find_chromium()
         chromium = True
-    except pub.BrowserNotFoundError:
+    except browser.BrowserNotFoundError:
         chromium = False
     _require("chromium", chromium)
     _require("npm or the dashboard vendor cache", shutil.which("npm") is not None
@@ -225,7 +270,7 @@ def test_dashboard_renders_offline_with_kernel_and_training_graphs(tmp_path):
                  ("exported.Training.track_final_val_ppl",
                   "machine=cpu-fixture&p-num_experts=8&p-top_k=1&p-top_k=2&p-capacity_factor=1.25&p-capacity_factor=None"))
         for page, query in views:
-            dom = pub.dump_dom(f"{url}index.html#{page}?{query}", wait_ms=10000)
+            dom = browser.dump_dom(f"{url}index.html#{page}?{query}", wait_ms=10000)
             assert 'id="main-graph"' in dom and 'class="flot-base"' in dom, f"no graph drawn for {page}"
             ticks = _y_ticks(dom)
             assert len(ticks) >= 2 and max(ticks) - min(ticks) > 0.5, f"{page}: empty plot (ticks {ticks})"

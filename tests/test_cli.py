@@ -62,7 +62,7 @@ def test_env_reports_copy_bandwidth(capsys):
     (["bench-topk", "--dtype", "float8"], "unknown dtype"),
     (["bench-topk", "--workload", "bursty"], "unknown workload"),
     (["bench-routing", "--capacity-factor", "0"], "capacity factor must be > 0"),
-    (["bench-capacity", "--capacity-factors", "1.0,-1"], "capacity factors must be > 0"),
+    (["bench-capacity", "--capacity-factors", "1.0,-1"], "capacity factor must be > 0"),
     (["bench-topk", "--iters", "0"], "--iters must be >= 1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
@@ -103,3 +103,94 @@ def test_roofline_writes_records_and_png(tmp_path):
     assert {r["name"] for r in rows} == {"topk", "plan", "pack", "combine", "routing_path"}
     assert all("pct_of_copy" in r for r in rows if r["name"] in ("pack", "combine"))
     assert png.stat().st_size > 1000
+
+
+def test_readme_commands_parse_and_validate():
+    """Every `moe-bench ...` line of the README is accepted as typed (parsed and validated, not run)."""
+    from pathlib import Path
+
+    from moe_routing_bench.harness import ep_bench
+    from moe_routing_bench.harness.commands import build_parser, prepare
+    from moe_routing_bench.suite.dashboard import add_publish_command
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    lines = [[w for w in line.split("#")[0].split() if not w.startswith("[")]  # "[--serve]": optional
+             for line in readme.splitlines() if line.startswith("moe-bench ")]
+    assert len(lines) >= 10
+    for words in lines:
+        args = build_parser([add_publish_command]).parse_args(words[1:])
+        if args.command == "bench-ep":  # validates its own flags
+            ep_bench.config_from_args(args)
+            continue
+        if args.command in ("env", "publish"):
+            continue
+        args.device = "cpu"
+        args.out = None  # validated, not written
+        job = prepare(args)
+        assert job.cases and job.backends, words
+
+
+def test_cache_resident_percentages_are_marked(tmp_path, capsys):
+    """CPU pack at a cache-sized shape runs faster than a 64 MiB copy: marked, not reported as bandwidth."""
+    from moe_routing_bench.harness.tables import format_table
+
+    text = format_table([{"name": "pack", "pct_of_copy": 250.0, "cache_resident": True},
+                         {"name": "combine", "pct_of_copy": 71.5, "cache_resident": False}], ["name", "pct_of_copy"])
+    assert "250*" in text and "71.5" in text and "cache_resident: true" in text
+    out = tmp_path / "r.jsonl"
+    assert main(["bench-routing", *SMALL, "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    for r in rows:
+        if "pct_of_copy" in r:
+            assert r["cache_resident"] == (r["pct_of_copy"] > 100)
+
+
+def test_temperature_reaches_the_router(tmp_path):
+    """--temperature changes softk's weights in every routing command (it was ignored outside the layer)."""
+    from moe_routing_bench.harness import cases
+
+    seen = []
+    real = cases.stage_callables
+
+    def spy(backend, case, inputs):
+        seen.append(case.temperature)
+        return real(backend, case, inputs)
+
+    cases.stage_callables = spy
+    try:
+        for command in ("bench-topk", "bench-routing", "bench-pack", "bench-capacity"):
+            assert main([command, *SMALL, "--temperature", "0.25"]) == 0
+    finally:
+        cases.stage_callables = real
+    assert seen and set(seen) == {0.25}
+
+
+@pytest.mark.parametrize("argv", [
+    ["bench-topk", "--tokens", "96", "--hidden", "32", "--experts", "8", "--topk", "2"],
+    ["bench-routing", "--impl-topk", "torch_soft", "--num-tokens", "96"],
+    ["bench-pack", "--impl", "torch", "--output", "OUT"],
+])
+def test_seed_spellings_are_aliases(argv, tmp_path):
+    argv = [str(tmp_path / "o.jsonl") if a == "OUT" else a for a in argv]
+    assert main([*argv, "--device", "cpu", "--num-experts", "8", "--iters", "1", "--warmup", "0"]) == 0
+
+
+def test_an_interrupted_sweep_keeps_every_finished_case(tmp_path, monkeypatch, capsys):
+    """Records are appended after each case: Ctrl-C in the third grid point keeps the first two."""
+    from moe_routing_bench.harness import commands
+
+    out = tmp_path / "pack.jsonl"
+    real, calls = commands._stage_records, []
+
+    def interrupt_third(run, case, stages):
+        calls.append(case)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(run, case, stages)
+
+    monkeypatch.setattr(commands, "_stage_records", interrupt_third)
+    assert main(["sweep-pack", "--device", "cpu", "--tokens", "16,32,48", "--hidden", "8", "--experts", "4",
+                 "--topk", "1", "--iters", "1", "--warmup", "0", "--out", str(out)]) == 130
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["num_tokens"] for r in rows] == [16, 16, 32, 32]
+    assert "interrupted" in capsys.readouterr().err

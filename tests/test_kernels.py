@@ -1,18 +1,14 @@
 """Triton kernels (the `triton` backend) against the torch reference.
 
-On machines without a GPU the kernels run in Triton's interpreter (set below before any kernel is
-imported). Every kernel output buffer is poisoned (NaN floats, sentinel ints, a fixed bool) before
+On machines without a GPU the kernels run in Triton's interpreter (tests/conftest.py sets it up
+before any kernel is imported). Every kernel output buffer is poisoned (NaN floats, sentinel ints, a fixed bool) before
 the kernels write, so an element a kernel forgets shows up as a mismatch. Ids and plan fields must
 be equal; float values within float32 rounding (1e-5) or one bf16 step.
 """
 import os
 
+import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
 
 from moe_routing_bench.routing import dispatch
 from moe_routing_bench.routing import routers  # noqa: E402

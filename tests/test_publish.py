@@ -147,7 +147,7 @@ def test_leftover_external_reference_raises_and_is_listed(leftover):
     assert url in msg and "index.html: 1 external reference(s)" in msg
 
 
-def test_strip_json_comments_and_read_config(tmp_path):
+def test_read_config_is_json5(tmp_path):
     cfg = tmp_path / "asv.conf.json"
     cfg.write_text('{\n  // a comment with "quotes"\n  "version": 1,\n'
                    '  "project_url": "https://example.org/a//b", /* block */\n'
@@ -155,7 +155,8 @@ def test_strip_json_comments_and_read_config(tmp_path):
     conf = pub.read_asv_config(cfg)
     assert conf == {"version": 1, "project_url": "https://example.org/a//b",
                     "html_dir": ".asv/html", "branches": ["main"]}
-    assert pub.strip_json_comments('{"a": "x, ]"}') == '{"a": "x, ]"}'
+    root = Path(__file__).resolve().parents[1]
+    assert pub.read_asv_config(root / "asv.conf.json")["plugins"] == [".moe_routing_bench.suite.asv_plugin"]
 
 
 def _fake_cache(cache: Path, content: bytes = b"/* fake */\n") -> None:
@@ -246,8 +247,10 @@ def test_serve_binds_loopback_and_serves_files(tmp_path):
 
 
 def test_chromium_command_disables_network(monkeypatch):
+    import browser
+
     monkeypatch.setenv("MOE_BENCH_CHROMIUM", "/opt/fake/chromium")
-    cmd = pub.chromium_command("http://127.0.0.1:1/", "/tmp/profile", wait_ms=1234)
+    cmd = browser.chromium_command("http://127.0.0.1:1/", "/tmp/profile", wait_ms=1234)
     assert cmd[0] == "/opt/fake/chromium" and cmd[-1] == "http://127.0.0.1:1/"
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
@@ -258,10 +261,12 @@ def test_chromium_command_disables_network(monkeypatch):
 
 
 def test_missing_chromium_gives_install_hint(monkeypatch, tmp_path):
+    import browser
+
     monkeypatch.delenv("MOE_BENCH_CHROMIUM", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(pub.BrowserNotFoundError, match="apt-get install -y --no-install-recommends chromium"):
-        pub.find_chromium()
+    with pytest.raises(browser.BrowserNotFoundError, match="apt-get install -y --no-install-recommends chromium"):
+        browser.find_chromium()
 
 
 def test_publish_module_is_stdlib_only():
@@ -276,3 +281,18 @@ def test_publish_module_is_stdlib_only():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     assert importlib.util.find_spec("moe_routing_bench.suite.dashboard") is not None
+
+
+def test_asv_graph_page_patches_apply_to_the_installed_asv_once(tmp_path):
+    asv = pytest.importorskip("asv")
+    src = Path(asv.__file__).parent / "www" / "graphdisplay.js"
+    (tmp_path / "graphdisplay.js").write_text(src.read_text())
+    pub.patch_asv_js(tmp_path)
+    patched = (tmp_path / "graphdisplay.js").read_text()
+    for _name, old, new, _why in pub.JS_PATCHES:
+        assert new in patched and old not in patched
+    pub.patch_asv_js(tmp_path)  # idempotent
+    assert (tmp_path / "graphdisplay.js").read_text() == patched
+    (tmp_path / "graphdisplay.js").write_text("// another asv\n")
+    with pytest.raises(pub.VendoringError, match="asv's code changed"):
+        pub.patch_asv_js(tmp_path)

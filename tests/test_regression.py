@@ -79,7 +79,7 @@ def test_gate_catches_an_injected_slowdown_and_not_its_absence(scratch_repo):
     same = _gate(scratch_repo, "--base", "HEAD")
     assert same.returncode == 0, same.stdout + same.stderr  # no false alarm
 
-    with open(scratch_repo / "moe_routing_bench" / "dispatch.py", "a") as f:
+    with open(scratch_repo / "moe_routing_bench" / "routing" / "dispatch.py", "a") as f:
         f.write(SLOWDOWN)
     slow = _gate(scratch_repo, "--base", "HEAD")
     assert slow.returncode == 1, slow.stdout + slow.stderr
@@ -97,7 +97,7 @@ def test_baseline_round_trip(scratch_repo, tmp_path):
     assert key.startswith("pack|torch|T1024") and case["median_us"] > 0 and doc["environment"]["device"] == "cpu"
     ok = _gate(scratch_repo, "--against-baseline", "--baseline", str(baseline))
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    with open(scratch_repo / "moe_routing_bench" / "dispatch.py", "a") as f:
+    with open(scratch_repo / "moe_routing_bench" / "routing" / "dispatch.py", "a") as f:
         f.write(SLOWDOWN)
     slow = _gate(scratch_repo, "--against-baseline", "--baseline", str(baseline))
     assert slow.returncode == 1, slow.stdout + slow.stderr

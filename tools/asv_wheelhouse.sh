@@ -41,7 +41,7 @@ echo "+ $PY -m pip download $ASV_REQ $* (CPython $PYVER, manylinux x86_64) -> $W
     --platform manylinux2014_x86_64 \
     --platform manylinux_2_28_x86_64 \
     --platform any \
-    "$ASV_REQ" "$@"
+    "$ASV_REQ" json5 tabulate "$@"
 
 n=$(find "$WHEELHOUSE" -maxdepth 1 -name '*.whl' | wc -l)
 size=$(du -sh "$WHEELHOUSE" | cut -f1)

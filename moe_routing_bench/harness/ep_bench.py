@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 
 from . import records, workloads
+from .tables import format_table
 from .cases import resolve_device
 from .timing import Timing, _summarise
 from ..routing import metrics
@@ -98,7 +99,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--out", "--output", dest="out", default="", help="append records as JSON lines here (rank 0)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, standalone=True)
 
 
 def _int_list(text: str, flag: str) -> tuple[int, ...]:
@@ -385,8 +386,6 @@ def bench_workload(cfg: EPBenchConfig, groups: ExpertParallelGroups, device: tor
 
 
 def run(args) -> None:
-    from .commands import print_table  # the harness's table printer (commands imports this module)
-
     cfg = config_from_args(args)
     device = _device(args.device)
     created = init_distributed(device, args.dist_backend)
@@ -414,7 +413,7 @@ def run(args) -> None:
         if rank == 0:
             print(f"bench-ep on {env['device_name']}: world {world} = EP {P} x DP {world // P}, "
                   f"T={cfg.num_tokens}/rank H={cfg.hidden_dim} F={cfg.ffn_dim} E={cfg.num_experts} k={cfg.top_k} {cfg.dtype}")
-            print_table(out, COLUMNS)
+            print(format_table(out, COLUMNS))
             if args.out:
                 records.append_jsonl(args.out, out)
                 print(f"wrote {len(out)} records to {args.out}")

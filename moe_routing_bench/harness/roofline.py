@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 
 from . import timing
+from .records import atomic_target
 from ..routing.backends import backend_unavailable_reason
 from .cases import STAGES, Case, bench_stages, make_inputs, resolve_device
 
@@ -74,7 +75,9 @@ def _label(rec: dict) -> str:
 
 def plot_roofline(records: Sequence[dict], png_path: str) -> str:
     """Bar chart (matplotlib Agg): % of copy per byte-moving primitive and backend, time annotated;
-    a second panel per shape gives top-k and plan times. Returns the path written."""
+    a second panel per shape gives top-k and plan times. Bars above 100% of copy are hatched and
+labelled `cache`: the data stayed in cache, so they are not bandwidth. Written atomically.
+Returns the path written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,15 +94,20 @@ def plot_roofline(records: Sequence[dict], png_path: str) -> str:
         for col, (stages, metric) in enumerate([(BYTE_STAGES, "pct_of_copy"), (LATENCY_STAGES, "time_median_s")]):
             ax = axes[row][col]
             for i, backend in enumerate(backends):
-                xs, ys, notes = [], [], []
+                xs, ys, notes, cached = [], [], [], []
                 for j, stage in enumerate(stages):
                     rec = recs.get((backend, stage))
                     if rec is None or rec.get(metric) is None:
                         continue
                     xs.append(j + (i - (len(backends) - 1) / 2) * width)
                     ys.append(rec[metric] * (1e6 if metric == "time_median_s" else 1.0))
-                    notes.append(f"{rec['time_median_s'] * 1e6:.0f}us")
+                    cached.append(metric == "pct_of_copy" and bool(rec.get("cache_resident")))
+                    notes.append(f"{rec['time_median_s'] * 1e6:.0f}us" + (" cache" if cached[-1] else ""))
                 bars = ax.bar(xs, ys, width=width, label=backend)
+                for bar, in_cache in zip(bars, cached):
+                    if in_cache:  # above the copy ceiling: cache-resident, not a bandwidth
+                        bar.set_hatch("//")
+                        bar.set_alpha(0.5)
                 for bar, note in zip(bars, notes):
                     ax.annotate(note, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
                                 va="bottom", fontsize=7, rotation=90 if len(backends) > 2 else 0)
@@ -107,14 +115,15 @@ def plot_roofline(records: Sequence[dict], png_path: str) -> str:
             ax.set_xticklabels(stages)
             if metric == "pct_of_copy":
                 ax.axhline(100.0, color="gray", lw=0.8, ls="--")
-                ax.set_ylabel("% of copy bandwidth")
+                ax.set_ylabel("% of copy bandwidth (hatched: cache-resident)")
                 ax.set_title(f"{shape}" + (f" (copy {copy:.0f} GB/s)" if copy else ""), fontsize=9)
             else:
                 ax.set_ylabel("median time (us)")
                 ax.set_title("latency-bound stages", fontsize=9)
             ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(png_path, dpi=110)
+    with atomic_target(png_path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return png_path
 

@@ -43,6 +43,43 @@ def _summarise(samples_s: list[float], method: str) -> Timing:
     return Timing(statistics.median(ordered), q(0.1), q(0.9), statistics.fmean(ordered), n, method)
 
 
+def stable_cpu_allocator() -> bool:
+    """Fix glibc's mmap and trim thresholds (no dynamic adjustment) in this process; True when set.
+
+    With glibc's dynamic threshold a process sometimes stays in a state where every large tensor
+    is mmapped and page-faulted afresh: on a 2-core VM 1 process in ~10 timed CPU combine 5x
+    slower for its whole life. Fixed thresholds removed that (0 in 26). No-op off glibc.
+    (suite/gate.py's worker inlines a copy: it runs in trees from before this module existed.)"""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-3, 1 << 28)) and bool(libc.mallopt(-1, 1 << 28))  # M_MMAP_, M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
+def cuda_event_timer() -> Callable[[], float]:
+    """A pytest-benchmark timer in seconds of GPU time; calls alternate start (record, return 0)
+    and end (record, wait, return the elapsed time since the start event)."""
+    start = None
+
+    def timer() -> float:
+        nonlocal start
+        if start is None:
+            start = torch.cuda.Event(enable_timing=True)
+            start.record()
+            return 0.0
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        end.synchronize()
+        elapsed, start = start.elapsed_time(end) / 1e3, None
+        return elapsed
+
+    return timer
+
+
 def cuda_sync_timer() -> float:
     """perf_counter after a CUDA synchronize (when CUDA is up): a timer for pytest-benchmark."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():

@@ -41,6 +41,43 @@ def parse_workload(name: str, **options) -> WorkloadSpec:
     return spec
 
 
+def load_recorded_logits(path: str, num_experts: int) -> torch.Tensor:
+    """A `file:` workload's float32 logits [N, E], N >= 1, all finite; ConfigError naming the
+    problem otherwise (missing, a directory, empty, not a tensor file, wrong shape or dtype).
+    Loaded with `weights_only=True`: a pickle that would run code is refused."""
+    import os
+
+    where = f"workload file {path!r}"
+    if not path:
+        raise ConfigError("a file: workload needs a path (file:PATH)")
+    if not os.path.exists(path):
+        raise ConfigError(f"{where} does not exist")
+    if os.path.isdir(path):
+        raise ConfigError(f"{where} is a directory, not a tensor file")
+    if os.path.getsize(path) == 0:
+        raise ConfigError(f"{where} is empty")
+    try:
+        recorded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a file that is not a safe tensor file
+        if "Weights only load failed" in str(e):
+            raise ConfigError(f"{where} holds pickled objects besides tensors: refused, loading it could run code") from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ConfigError(f"{where} is not a tensor saved with torch.save ({type(e).__name__}: {first})") from None
+    if not isinstance(recorded, torch.Tensor):
+        raise ConfigError(f"{where} holds a {type(recorded).__name__}, not a tensor")
+    if not recorded.is_floating_point():
+        raise ConfigError(f"{where} holds {recorded.dtype} values; router logits must be floating point")
+    if recorded.dim() != 2 or recorded.shape[1] != num_experts:
+        raise ConfigError(f"recorded logits must be [N, {num_experts}] (N rows, one column per expert), "
+                          f"got {tuple(recorded.shape)}")
+    if recorded.shape[0] == 0:
+        raise ConfigError(f"{where} has zero rows")
+    recorded = recorded.float()
+    if not bool(torch.isfinite(recorded).all()):
+        raise ConfigError(f"{where}: router logits contain NaN or inf")
+    return recorded
+
+
 def _gumbel_logits(popularity_E: torch.Tensor, T: int, gen: torch.Generator) -> torch.Tensor:
     u = torch.rand(T, popularity_E.numel(), generator=gen).clamp_(1e-12, 1 - 1e-7)
     return torch.log(popularity_E)[None, :] - torch.log(-torch.log(u))
@@ -69,9 +106,7 @@ def router_logits(spec: WorkloadSpec, num_tokens: int, num_experts: int, top_k: 
         j = torch.arange(top_k)[None, :]
         logits.scatter_(1, (t * top_k + j) % E, (10.0 - j).float().expand(T, top_k).contiguous())
     else:
-        recorded = torch.load(spec.name[len("file:"):], map_location="cpu").float()
-        if recorded.dim() != 2 or recorded.shape[1] != E:
-            raise ConfigError(f"recorded logits must be [N, {E}], got {tuple(recorded.shape)}")
+        recorded = load_recorded_logits(spec.name[len("file:"):], E)
         logits = recorded.repeat(math.ceil(T / recorded.shape[0]), 1)[:T]
     return logits.contiguous().to(device)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from .plan import Plan
+from .validation import check_rows
 
 
 def _gather_rows(x_TH: torch.Tensor, token_index_R: torch.Tensor, every_row_filled: bool) -> torch.Tensor:
@@ -27,7 +28,7 @@ def _gather_rows(x_TH: torch.Tensor, token_index_R: torch.Tensor, every_row_fill
 def _kept_rows_TKH(y_RH: torch.Tensor, row_TK: torch.Tensor, kept_TK: torch.Tensor) -> torch.Tensor:
     """float32 [T, K, H]: y_RH[row_TK[t, k]] where kept, else 0."""
     T, K = row_TK.shape
-    y_TKH = y_RH.index_select(0, row_TK.clamp(min=0).reshape(-1)).view(T, K, -1).float()
+    y_TKH = y_RH.index_select(0, row_TK.clamp(min=0).reshape(-1)).view(T, K, y_RH.shape[1]).float()
     return torch.where(kept_TK.unsqueeze(-1), y_TKH, 0.0)
 
 
@@ -71,11 +72,23 @@ class _Combine(torch.autograd.Function):
         return grad_y, grad_gate, None, None
 
 
+def check_pack_input(x_TH: torch.Tensor, plan: Plan) -> None:
+    """x_TH is a floating [T, H] matrix on the plan's device (every backend; no host sync)."""
+    check_rows("pack input x_TH", x_TH, plan.num_tokens, plan.row_TK.device)
+
+
+def check_combine_input(y_RH: torch.Tensor, plan: Plan) -> None:
+    """y_RH is a floating [R, H] matrix on the plan's device (every backend; no host sync)."""
+    check_rows("combine input y_RH", y_RH, plan.num_rows, plan.row_TK.device)
+
+
 def pack(x_TH: torch.Tensor, plan: Plan) -> torch.Tensor:
     """Gather token rows into the packed expert-major buffer [R, H]."""
+    check_pack_input(x_TH, plan)
     return _Pack.apply(x_TH, plan.token_index_R, plan.row_TK, plan.kept_TK, plan.every_row_filled)
 
 
 def combine(y_RH: torch.Tensor, plan: Plan) -> torch.Tensor:
     """Weighted sum of each token's kept expert rows: [R, H] -> [T, H] in y's dtype."""
+    check_combine_input(y_RH, plan)
     return _Combine.apply(y_RH, plan.gate_TK, plan.row_TK, plan.kept_TK)

@@ -156,7 +156,7 @@ class MoELayer(nn.Module):
         if self._capacity_ratio is None:
             return None
         capacity = routers.capacity_from_ratio(num_tokens, self.top_k, self.num_experts, self._capacity_ratio)
-        return min(num_tokens, capacity) if self._expert_choice else capacity  # our EC never drops
+        return min(max(num_tokens, 1), capacity) if self._expert_choice else capacity  # our EC never drops
 
     def route(self, x_TH: torch.Tensor, token_ids_T: torch.Tensor | None = None) -> tuple[torch.Tensor, routers.Routing]:
         """Router logits [T, E] (float32) and the Routing; call outside autocast."""

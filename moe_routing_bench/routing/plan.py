@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .validation import ConfigError
+from .validation import ConfigError, check_expert_ids, check_finite
 from .routers import Routing, capacity as capacity_for
 
 DROP_POLICIES = ("position", "score")
@@ -123,6 +123,29 @@ def plan_tensors(
     )
 
 
+def check_routing(routing: Routing, *, checked: bool = False) -> None:
+    """A Routing's shapes and dtypes agree (always, no host sync); with `checked`, its expert ids
+    are in [0, E) and its weights finite (reads values: host sync). See `validation` for the policy."""
+    ids, weights, valid = routing.expert_ids_TK, routing.weights_TK, routing.valid_TK
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.is_floating_point() or ids.dtype == torch.bool:
+        raise ConfigError(f"expert ids must be an integer [tokens, k] tensor, got "
+                          f"{tuple(ids.shape) if isinstance(ids, torch.Tensor) else ids!r}")
+    T, K = ids.shape
+    if K < 1:
+        raise ConfigError("expert ids must have at least one slot per token (k >= 1)")
+    if not isinstance(weights, torch.Tensor) or tuple(weights.shape) != (T, K) or not weights.is_floating_point():
+        raise ConfigError(f"gate weights must be a floating-point [{T}, {K}] tensor like the expert ids")
+    if routing.probs_TE.dim() != 2 or routing.probs_TE.shape[0] != T or routing.probs_TE.shape[1] < 1:
+        raise ConfigError(f"router probabilities must be [{T}, experts], got {tuple(routing.probs_TE.shape)}")
+    if valid is not None and (tuple(valid.shape) != (T, K) or valid.dtype != torch.bool):
+        raise ConfigError(f"valid_TK must be a bool [{T}, {K}] tensor")
+    if any(t.device != ids.device for t in (weights, *(() if valid is None else (valid,)))):
+        raise ConfigError("the Routing's tensors are on different devices")
+    if checked:
+        check_expert_ids(ids, valid, routing.num_experts)
+        check_finite("gate weights", weights if valid is None else weights[valid])
+
+
 def check_plan_args(routing: Routing, drop_policy: str, layout: str, capacity: int | None) -> None:
     if drop_policy not in DROP_POLICIES:
         raise ConfigError(f"unknown drop policy {drop_policy!r}; choose from {', '.join(DROP_POLICIES)}")
@@ -142,10 +165,16 @@ def build_plan(
     renormalize_kept: bool = False,
     layout: str = "ragged",
     impl=plan_tensors,
+    checked: bool = False,
 ) -> Plan:
     """Plan the dispatch of `routing`. Give either `capacity_factor` (C = ceil(cf*T*K/E)) or an
     explicit `capacity`; neither means dropless. `renormalize_kept` rescales each token's kept
-    weights to its original total. `impl` computes the tensors (a backend may pass its own)."""
+    weights to its original total. `impl` computes the tensors (a backend may pass its own).
+
+    Invalid input (`validation` states the policy): inconsistent shapes or dtypes raise ConfigError
+    always; with `checked=True` (host sync) so do expert ids outside [0, E) and non-finite weights,
+    which unchecked give an unspecified plan. T = 0 gives an empty plan."""
+    check_routing(routing, checked=checked)
     if capacity is None:
         capacity = capacity_for(routing.num_tokens, routing.top_k, routing.num_experts, capacity_factor)
     check_plan_args(routing, drop_policy, layout, capacity)

@@ -27,7 +27,8 @@ from fractions import Fraction
 
 import torch
 
-from .validation import ConfigError, check_capacity_factor, check_top_k
+from .validation import (ConfigError, check_capacity_factor, check_finite, check_logits_shape, check_top_k,
+                         check_vector)
 
 STRATEGIES = ("top1", "topk-hard", "softk", "hash", "expert-choice", "aux-free")
 _ALIASES = {
@@ -117,6 +118,37 @@ def _hash_experts(token_ids_T: torch.Tensor, num_experts: int, k: int) -> torch.
     return torch.remainder(first[:, None] + offsets, num_experts)
 
 
+def check_route_args(
+    logits_TE: torch.Tensor,
+    strategy: str,
+    top_k: int,
+    *,
+    temperature: float = 1.0,
+    token_ids_T: torch.Tensor | None = None,
+    bias_E: torch.Tensor | None = None,
+    seed_semantics: tuple[str, ...] = (),
+    checked: bool = False,
+) -> str:
+    """Every backend's `route` checks its arguments here first (see `validation` for the policy);
+    returns the canonical strategy name. Shapes and dtypes always; values only when `checked`."""
+    strategy = canonical_strategy(strategy)
+    check_logits_shape(logits_TE)
+    T, E = logits_TE.shape
+    check_top_k(top_k, E)
+    if strategy == "top1" and top_k != 1:
+        raise ConfigError(f"top1 routes each token to exactly one expert; got top-k {top_k}")
+    if not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
+        raise ConfigError(f"temperature must be a finite number > 0, got {temperature}")
+    if strategy == "hash" and token_ids_T is None and seed_route_factor(strategy, seed_semantics) is None:
+        raise ConfigError("hash routing needs the token ids (token_ids_T)")  # the older tool's hashes row positions
+    check_vector("token ids", token_ids_T, T, None, integer=True)  # moved to the logits' device
+    check_vector("bias_E", bias_E, E, logits_TE.device, integer=False)
+    if checked:
+        check_finite("router logits", logits_TE)
+        check_finite("bias_E", bias_E)
+    return strategy
+
+
 def route(
     logits_TE: torch.Tensor,
     strategy: str,
@@ -128,6 +160,7 @@ def route(
     bias_E: torch.Tensor | None = None,
     capacity_factor: float | None = None,
     seed_semantics: tuple[str, ...] = (),
+    checked: bool = False,
 ) -> Routing:
     """Route T tokens among E experts. See the module table for each strategy's semantics.
 
@@ -135,17 +168,13 @@ def route(
     `capacity_factor` sets expert-choice's per-expert token count C = ceil(cf*T*K/E) (cf 1 if None).
     `seed_semantics` (names from `SEED_FACTORS`) swaps in the older tool's version of the strategy
     where one of them applies to it (`seed_route_factor`); the others are ignored here.
-    No host synchronisation: NaN logits are not checked here (see `errors.check_logits`)."""
-    strategy = canonical_strategy(strategy)
+    Invalid input (`validation` states the policy): shapes and dtypes raise ConfigError always;
+    NaN/inf logits or bias raise ConfigError only with `checked=True`, which synchronises the host;
+    unchecked, their result is unspecified. T = 0 gives empty [0, K] outputs."""
+    strategy = check_route_args(logits_TE, strategy, top_k, temperature=temperature, token_ids_T=token_ids_T,
+                                bias_E=bias_E, seed_semantics=seed_semantics, checked=checked)
     seed_factor = seed_route_factor(strategy, seed_semantics)
-    if logits_TE.dim() != 2:
-        raise ConfigError(f"router logits must be [tokens, experts], got shape {tuple(logits_TE.shape)}")
     T, E = logits_TE.shape
-    check_top_k(top_k, E)
-    if strategy == "top1" and top_k != 1:
-        raise ConfigError(f"top1 routes each token to exactly one expert; got top-k {top_k}")
-    if not temperature > 0:
-        raise ConfigError(f"temperature must be > 0, got {temperature}")
     logits = logits_TE.float()
     if seed_factor is not None:
         return SEED_ROUTERS[seed_factor](logits, top_k, capacity_factor)
@@ -164,10 +193,6 @@ def route(
         return Routing(ids, weights, probs_TE)
 
     if strategy == "hash":
-        if token_ids_T is None:
-            raise ConfigError("hash routing needs the token ids (token_ids_T)")
-        if token_ids_T.shape != (T,):
-            raise ConfigError(f"token ids must have shape ({T},), got {tuple(token_ids_T.shape)}")
         ids = _hash_experts(token_ids_T.to(logits.device), E, top_k)
         return Routing(ids, torch.full(ids.shape, 1.0 / top_k, device=logits.device), probs_TE)
 
@@ -291,7 +316,9 @@ def seed_hash_experts(num_tokens: int, num_experts: int, top_k: int, device=None
     """[T, K] int64: base = (t * 1315423911 + 2654435761) mod E for row position t (not the token),
     then (base + 97 j) mod E for the j-th choice; repeats an expert when E divides 97 j."""
     t = torch.arange(num_tokens, device=device, dtype=torch.int64)
-    base = torch.remainder(t * _SEED_HASH_MUL + _SEED_HASH_ADD, num_experts)
+    # reduced mod E first (same value for t >= 0): inductor's int32 Triton code cannot hold the constants
+    base = torch.remainder(
+        torch.remainder(t, num_experts) * (_SEED_HASH_MUL % num_experts) + _SEED_HASH_ADD % num_experts, num_experts)
     steps = torch.arange(top_k, device=device, dtype=torch.int64) * _SEED_HASH_STEP
     return torch.remainder(base[:, None] + steps, num_experts)
 
@@ -361,7 +388,7 @@ SEED_ROUTERS = {
 
 
 __all__ = [
-    "SEED_FACTORS", "STRATEGIES", "Routing", "balance_loss", "canonical_strategy", "capacity",
+    "SEED_FACTORS", "STRATEGIES", "Routing", "balance_loss", "canonical_strategy", "capacity", "check_route_args",
     "check_seed_semantics", "expert_counts", "jitter", "route", "seed_balance_loss", "seed_expert_choice",
     "seed_expert_choice_tokens", "seed_hash", "seed_hash_experts", "seed_renormalize_kept", "seed_route_factor",
     "seed_top1", "seed_topk_hard", "topk_lowest_id", "update_aux_free_bias", "z_loss",

@@ -1,30 +1,20 @@
-"""Publish the asv dashboard so that it renders with no network access.
+"""The asv dashboard, offline: vendoring of the JavaScript asv loads from CDNs, publishing, serving.
 
 asv 0.6.6 writes an ``index.html`` that loads jQuery, flot, flot-orderbars, stupidtable,
 blueimp-md5 and bootstrap from public CDNs; offline, the page redirects to ``error.html``.
-This module fetches those libraries as npm packages at publish time (``npm pack``) into a
-cache directory outside the repository, copies the files the page needs into
-``<html_dir>/vendor/`` and rewrites the CDN ``src``/``href`` attributes to point there.
-Third-party code is never committed: the cache lives under ``~/.cache`` by default and the
-html output (``.asv/html/``) is gitignored.
+`vendor_asv_assets` fetches those libraries as npm packages (``npm pack``, once per machine) into
+a cache outside the repository, copies the files the page needs into ``<html_dir>/vendor/`` and
+rewrites the CDN ``src``/``href`` attributes to point there. Third-party code is never committed.
+It runs inside plain ``asv publish`` through the project's asv plugin
+(`moe_routing_bench.suite.asv_plugin`, named under ``plugins`` in asv.conf.json).
 
-Public API::
-
-    publish(config="asv.conf.json", cache_dir=None) -> Path   # asv publish + vendoring
+    publish(config="asv.conf.json") -> Path      # `asv publish`; returns the html dir
     vendor_asv_assets(html_dir, cache_dir) -> None
     rewrite_cdn_references(html, vendor_prefix="vendor/") -> str   # pure
     external_references(html) -> list[str]                          # pure
-    check_no_external_references(html, source="<string>") -> None   # raises ExternalReferenceError
-    default_cache_dir() -> Path
-    serve(html_dir, port=0) -> (server, url)      # 127.0.0.1 only
-    served(html_dir, port=0)                      # context manager yielding the url
-    screenshot(url, out_png, *, wait_ms=15000) -> None   # headless Chromium, no network
-    dump_dom(url, *, wait_ms=15000) -> str
+    serve(html_dir, port=0) -> (server, url) / served(html_dir)      # 127.0.0.1 only
 
-Command line: ``python -m moe_routing_bench.suite.dashboard [--config asv.conf.json]
-[--cache-dir DIR] [--serve] [--screenshot out.png]``.
-
-Standard library only (no torch import), so it runs in any environment that has asv.
+Standard library only at import time (no torch), so it runs in any environment that has asv.
 """
 from __future__ import annotations
 
@@ -56,7 +46,6 @@ __all__ = [
     "NPM_PACKAGES",
     "ExternalReferenceError",
     "VendoringError",
-    "BrowserNotFoundError",
     "default_cache_dir",
     "rewrite_cdn_references",
     "external_references",
@@ -67,10 +56,6 @@ __all__ = [
     "publish",
     "serve",
     "served",
-    "find_chromium",
-    "chromium_command",
-    "screenshot",
-    "dump_dom",
 ]
 
 #: asv release whose ``www/index.html`` the table below was written against.
@@ -141,8 +126,6 @@ EXTRA_FILES: tuple[tuple[str, str, str], ...] = tuple(
 
 VENDOR_DIRNAME = "vendor"
 _CACHE_ENV = "MOE_BENCH_ASV_VENDOR_CACHE"
-_CHROMIUM_ENV = "MOE_BENCH_CHROMIUM"
-_INSTALL_CHROMIUM = "apt-get install -y --no-install-recommends chromium"
 
 
 class VendoringError(RuntimeError):
@@ -151,10 +134,6 @@ class VendoringError(RuntimeError):
 
 class ExternalReferenceError(RuntimeError):
     """A published page still loads something from the network."""
-
-
-class BrowserNotFoundError(RuntimeError):
-    """No Chromium binary was found."""
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -290,66 +269,6 @@ def check_no_external_references(html: str, source: str = "<string>") -> None:
             f"{source}: {len(refs)} external reference(s) remain after vendoring; the dashboard "
             f"would need network access (asv version other than {ASV_VERSION}? extend "
             f"CDN_ASSETS in moe_routing_bench/suite/dashboard.py):\n  " + "\n  ".join(refs))
-
-
-def _scan_outside_strings(text: str, handle) -> str:
-    """Copy ``text``, letting ``handle(text, i)`` act on positions outside string literals.
-
-    ``handle`` returns ``(replacement, next_index)`` or None to copy the character.
-    """
-    out: list[str] = []
-    i, n = 0, len(text)
-    quote: str | None = None
-    while i < n:
-        c = text[i]
-        if quote:
-            out.append(c)
-            if c == "\\" and i + 1 < n:
-                out.append(text[i + 1])
-                i += 2
-                continue
-            if c == quote:
-                quote = None
-            i += 1
-            continue
-        if c in "\"'":
-            quote = c
-            out.append(c)
-            i += 1
-            continue
-        r = handle(text, i)
-        if r is None:
-            out.append(c)
-            i += 1
-        else:
-            out.append(r[0])
-            i = r[1]
-    return "".join(out)
-
-
-def _comment(text: str, i: int):
-    if text.startswith("//", i):
-        j = text.find("\n", i)
-        return ("", len(text) if j < 0 else j)
-    if text.startswith("/*", i):
-        j = text.find("*/", i + 2)
-        return (" ", len(text) if j < 0 else j + 2)
-    return None
-
-
-def _trailing_comma(text: str, i: int):
-    if text[i] == ",":
-        j = i + 1
-        while j < len(text) and text[j].isspace():
-            j += 1
-        if j < len(text) and text[j] in "}]":
-            return ("", i + 1)
-    return None
-
-
-def strip_json_comments(text: str) -> str:
-    """Drop ``//`` and ``/* */`` comments and trailing commas, outside string literals."""
-    return _scan_outside_strings(_scan_outside_strings(text, _comment), _trailing_comma)
 
 
 # --------------------------------------------------------------------------- fetching
@@ -509,28 +428,127 @@ def vendor_asv_assets(html_dir: Path, cache_dir: Path | None = None) -> None:
         raise ExternalReferenceError("\n".join(problems))
 
 
+# --------------------------------------------------------------------------- asv's graph page
+
+#: (file under html_dir, asv 0.6.6 text, replacement, why). Applied to the published copy only.
+JS_PATCHES: tuple[tuple[str, str, str, str], ...] = (
+    ("graphdisplay.js",
+     """                var ignore = {
+                    'os': null,
+                    'cpu': null,
+                    'arch': null,
+                    'ram': null
+                };""",
+     """                var ignore = {
+                    'os': null,
+                    'cpu': null,
+                    'arch': null,
+                    'ram': null,
+                    'num_cpu': null, 'gpu': null, 'cuda': null, 'torch_version': null,
+                    'triton_version': null, 'numpy': null, 'python': null, 'branch': null
+                };""",
+     "legend labels: the machine name already says which GPU/CPU; the keys that follow from it made "
+     "every label two lines long"),
+    ("graphdisplay.js",
+     """            else {
+                if (unit && unit != "unit") {
+                    unit_name = unit;
+                }
+                multiplier = 1.0;
+            }""",
+     """            else {
+                if (unit && unit != "unit") {
+                    unit_name = unit;
+                }
+                multiplier = 1.0;
+                if (!zoom_y_axis && min >= 0) {
+                    options.yaxis.min = 0.0;
+                    options.yaxis.max = max * 1.3;
+                }
+            }""",
+     "y axis from zero for every unit, as asv does for seconds and bytes: otherwise the smallest "
+     "value sits on the bottom edge (a zero-height bar, a half-hidden point)"),
+    ("graphdisplay.js",
+     """                options.xaxis.mode = 'categories';
+                options.xaxis.tickLength = 0;
+                options.series = {
+                    bars: {
+                        show: true,
+                        barWidth: 0.6 / graphs.length,
+                        align: "center"
+                    }
+                };
+
+                // deep copy graphs and html-escape x-labels
+                graphs = $.extend(true, [], orig_graphs);
+                $.each(graphs, function(i, graph) {
+                    $.each(graph.data, function(j, point) {
+                        point[0] = $("<span>").text('' + point[0]).html();
+                    });
+                });""",
+     """                options.xaxis.tickLength = 0;
+                options.series = {
+                    bars: {
+                        show: true,
+                        barWidth: 0.8 / orig_graphs.length,
+                        align: "center",
+                        lineWidth: 0,
+                        fill: 0.8
+                    }
+                };
+
+                // deep copy graphs; x = index of the html-escaped label, one tick per label
+                var categories = [];
+                graphs = $.extend(true, [], orig_graphs);
+                $.each(graphs, function(i, graph) {
+                    $.each(graph.data, function(j, point) {
+                        var label = $("<span>").text('' + point[0]).html();
+                        var k = categories.indexOf(label);
+                        if (k < 0) {
+                            categories.push(label);
+                            k = categories.length - 1;
+                        }
+                        point[0] = k;
+                    });
+                });
+                options.xaxis.ticks = $.map(categories, function(label, k) { return [[k, label]]; });
+                options.xaxis.min = -0.5;
+                options.xaxis.max = categories.length - 0.5;""",
+     "bars side by side: flot-orderbars offsets bars by the x range, which is NaN on string "
+     "categories, so every series but one was drawn nowhere (the backends' bars hid each other)"),
+)
+
+
+def patch_asv_js(html_dir: Path) -> None:
+    """Apply JS_PATCHES to a published output; raise VendoringError where asv's text differs."""
+    for name, old, new, why in JS_PATCHES:
+        path = Path(html_dir) / name
+        text = path.read_text(encoding="utf-8")
+        if new in text:
+            continue
+        if text.count(old) != 1:
+            raise VendoringError(f"{path}: asv's code changed (asv {ASV_VERSION} expected); cannot apply: {why}")
+        path.write_text(text.replace(old, new), encoding="utf-8")
+
+
 # --------------------------------------------------------------------------- asv publish
 
 def read_asv_config(config: str | os.PathLike[str] = "asv.conf.json") -> dict:
-    """Load asv's JSON5-ish config (comments and trailing commas allowed)."""
-    text = Path(config).read_text(encoding="utf-8")
-    try:
-        return json.loads(strip_json_comments(text))
-    except json.JSONDecodeError as e:
-        try:  # full JSON5 (unquoted keys, single quotes …) via asv's own dependency
-            import json5  # type: ignore[import-not-found]
-        except ImportError:
-            raise ValueError(f"cannot parse {config}: {e}") from e
-        return json5.loads(text)
+    """asv.conf.json as asv reads it (JSON5: comments and trailing commas allowed)."""
+    import json5
+
+    return json5.loads(Path(config).read_text(encoding="utf-8"))
 
 
-def publish(config: str | os.PathLike[str] = "asv.conf.json",
-            cache_dir: Path | None = None) -> Path:
-    """Run ``asv publish`` for ``config``, vendor the CDN libraries, return the html dir.
+def html_dir_of(config: str | os.PathLike[str] = "asv.conf.json") -> Path:
+    cfg_path = Path(config).resolve()
+    return cfg_path.parent / read_asv_config(cfg_path).get("html_dir", "html")
 
-    asv resolves the config's relative paths against the working directory, so asv runs in
-    the config file's directory and ``html_dir`` is resolved against it too.
-    """
+
+def publish(config: str | os.PathLike[str] = "asv.conf.json") -> Path:
+    """Run ``asv publish`` for ``config`` (the project's asv plugin vendors the libraries and swaps
+    the new output in); return the html dir. asv runs in the config's directory, as it resolves
+    the config's relative paths against the working directory."""
     cfg_path = Path(config).resolve()
     if not cfg_path.is_file():
         raise FileNotFoundError(f"asv config {cfg_path} not found")
@@ -538,15 +556,10 @@ def publish(config: str | os.PathLike[str] = "asv.conf.json",
         raise RuntimeError(f"asv is not installed in {sys.executable}: "
                            f"`{sys.executable} -m pip install asv=={ASV_VERSION} virtualenv` "
                            "(offline: tools/asv_wheelhouse.sh, then --no-index --find-links .whl)")
-    cfg = read_asv_config(cfg_path)
-    root = cfg_path.parent
-    html_dir = (root / cfg.get("html_dir", "html")).resolve()
-    proc = subprocess.run([sys.executable, "-m", "asv", "publish", "--config", str(cfg_path)],
-                          cwd=root)
+    proc = subprocess.run([sys.executable, "-m", "asv", "publish", "--config", str(cfg_path)], cwd=cfg_path.parent)
     if proc.returncode != 0:
         raise RuntimeError(f"`asv publish` failed (exit {proc.returncode})")
-    vendor_asv_assets(html_dir, cache_dir)
-    return html_dir
+    return html_dir_of(cfg_path)
 
 
 # --------------------------------------------------------------------------- serving
@@ -573,7 +586,8 @@ def serve(html_dir: str | os.PathLike[str], port: int = 0
     Returns ``(server, url)``; stop with ``server.shutdown(); server.server_close()``.
     ``port=0`` picks a free port.
     """
-    directory = str(Path(html_dir).resolve())
+    # not resolved: html_dir is a symlink that each publish swaps, and requests must follow it
+    directory = os.path.abspath(html_dir)
     if not Path(directory).is_dir():
         raise FileNotFoundError(f"{directory} is not a directory")
     handler = functools.partial(_QuietHandler, directory=directory)
@@ -594,126 +608,14 @@ def served(html_dir: str | os.PathLike[str], port: int = 0) -> Iterator[str]:
         server.server_close()
 
 
-# --------------------------------------------------------------------------- headless Chromium
-
-def find_chromium() -> str:
-    """Path of a Chromium binary (``$MOE_BENCH_CHROMIUM`` overrides the search)."""
-    env = os.environ.get(_CHROMIUM_ENV)
-    if env:
-        return env
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        path = shutil.which(name)
-        if path:
-            return path
-    raise BrowserNotFoundError(
-        f"no Chromium found (looked for chromium, chromium-browser, google-chrome; or set "
-        f"${_CHROMIUM_ENV}); on Debian: `{_INSTALL_CHROMIUM}`")
-
-
-def chromium_command(url: str, user_data_dir: str, *, wait_ms: int = 15000,
-                     extra: tuple[str, ...] = ()) -> list[str]:
-    """Headless Chromium command line with networking off except for 127.0.0.1.
-
-    ``--host-resolver-rules`` makes every host name but 127.0.0.1 unresolvable, so a page
-    that still references a CDN fails exactly as it would offline, even on a machine that
-    has network access.  ``--no-sandbox`` is required when running as root.
-    """
-    return [
-        find_chromium(),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-default-apps",
-        "--disable-extensions",
-        "--no-first-run",
-        "--no-default-browser-check",
-        "--disable-quic",
-        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-        f"--user-data-dir={user_data_dir}",
-        "--window-size=1400,900",
-        f"--virtual-time-budget={int(wait_ms)}",
-        *extra,
-        url,
-    ]
-
-
-def _run_chromium(url: str, wait_ms: int, extra: tuple[str, ...]) -> subprocess.CompletedProcess:
-    with tempfile.TemporaryDirectory(prefix="moe-bench-chromium-") as profile:
-        cmd = chromium_command(url, profile, wait_ms=wait_ms, extra=extra)
-        try:
-            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, timeout=wait_ms / 1000 + 120,
-                                  stdin=subprocess.DEVNULL)
-        except FileNotFoundError as e:
-            raise BrowserNotFoundError(f"{cmd[0]} not runnable ({e}); `{_INSTALL_CHROMIUM}`") from e
-    if proc.returncode != 0:
-        raise RuntimeError(f"chromium exited {proc.returncode} for {url}:\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def screenshot(url: str, out_png: str | os.PathLike[str], *, wait_ms: int = 15000) -> None:
-    """Save a 1400x900 PNG of ``url`` rendered by headless Chromium without network."""
-    out = Path(out_png).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():
-        out.unlink()
-    proc = _run_chromium(url, wait_ms, (f"--screenshot={out}",))
-    if not out.is_file() or out.stat().st_size == 0:
-        raise RuntimeError(f"chromium wrote no screenshot to {out}:\n{proc.stderr[-4000:]}")
-
-
-def dump_dom(url: str, *, wait_ms: int = 15000) -> str:
-    """The DOM of ``url`` after scripts ran (``--dump-dom``), for automated checks."""
-    return _run_chromium(url, wait_ms, ("--dump-dom",)).stdout
-
-
 # --------------------------------------------------------------------------- command line
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m moe_routing_bench.suite.dashboard",
-                                 description="asv publish + offline vendoring of its CDN libraries")
-    ap.add_argument("--config", default="asv.conf.json")
-    ap.add_argument("--cache-dir", type=Path, default=None,
-                    help=f"npm package cache (default {default_cache_dir()})")
-    ap.add_argument("--screenshot", type=Path, default=None,
-                    help="also serve on 127.0.0.1 and save a headless-Chromium PNG")
-    ap.add_argument("--serve", action="store_true",
-                    help="serve the dashboard on 127.0.0.1 until interrupted")
-    ap.add_argument("--port", type=int, default=0)
-    args = ap.parse_args(argv)
-    html_dir = publish(args.config, args.cache_dir)
-    print(f"published {html_dir} (offline-ready)")
-    if args.screenshot:
-        with served(html_dir) as url:
-            screenshot(url, args.screenshot)
-        print(f"screenshot {args.screenshot}")
-    if args.serve:
-        server, url = serve(html_dir, args.port)
-        print(f"serving {url} (Ctrl-C to stop)")
-        try:
-            threading.Event().wait()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            server.shutdown()
-            server.server_close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
 
 def add_publish_command(sub: argparse._SubParsersAction) -> None:
     """`moe-bench publish`: the suite's subcommand, added to the harness's parser by `moe_routing_bench.cli`."""
     p = sub.add_parser("publish", help="asv publish of the result store, with its JavaScript served locally (renders offline)")
     p.add_argument("--config", default="asv.conf.json")
     p.add_argument("--serve", action="store_true", help="then serve the dashboard on 127.0.0.1 until interrupted")
-    p.set_defaults(func=_cmd_publish)
+    p.set_defaults(func=_cmd_publish, standalone=True)
 
 
 def _cmd_publish(args) -> None:

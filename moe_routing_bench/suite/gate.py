@@ -72,8 +72,12 @@ try:  # stable_cpu_allocator(), inlined: the base tree may not have this module
 except (OSError, AttributeError):
     pass
 import moe_routing_bench
-from moe_routing_bench import bench, timing
-from moe_routing_bench.backends import get_backend
+if hasattr(moe_routing_bench, "stage_callables"):  # the public API
+    bench = timing = moe_routing_bench
+    get_backend = moe_routing_bench.get_backend
+else:  # commits from before it
+    from moe_routing_bench import bench, timing
+    from moe_routing_bench.backends import get_backend
 import torch
 out = sys.stdout
 sys.stdout = sys.stderr  # library prints must not corrupt the protocol
@@ -221,8 +225,8 @@ def gate_against_base(repo: Path, base: str, cases: list[GateCase], *, rounds: i
     subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(worktree), rev.stdout.strip()], cwd=repo,
                    check=True)
     try:
-        if not (worktree / "moe_routing_bench" / "bench.py").exists():
-            raise ValueError(f"{base} predates moe_routing_bench/bench.py: nothing to compare")
+        if not any((worktree / "moe_routing_bench" / f).exists() for f in ("bench.py", "harness/cases.py")):
+            raise ValueError(f"{base} predates moe_routing_bench's stage cases: nothing to compare")
         medians = measure_trees({"base": worktree, "head": repo}, cases, rounds, warmup, iters)
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=repo, capture_output=True)
@@ -261,13 +265,32 @@ def gate_against_baseline(path: Path, repo: Path, cases: list[GateCase], *, roun
     return compare([c.key for c in cases], [stored[c.key]["median_us"] / 1e6 for c in cases], head)
 
 
+def default_threshold(repo: Path, device: str) -> float:
+    """On a GPU: 1 + the stage threshold measured there (results/noise/<machine>.json; the track_*_us
+    benchmarks time the same `measure` median as this gate). Else, or without figures: 1.2 (the
+    CPU figures are of asv's timer in separate processes, not of this gate's best-of-rounds)."""
+    from .store import default_machine_name, local_gpu
+    from .verdict import stage_threshold
+
+    if device == "cpu":
+        return 1.2
+    import torch
+
+    if not torch.cuda.is_available():
+        return 1.2
+    measured = stage_threshold(default_machine_name(local_gpu()["gpu"]), Path(repo) / "results" / "noise")
+    return 1.0 + measured if measured else 1.2
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m moe_routing_bench.suite.gate", description=__doc__.split("\n")[0])
     mode = ap.add_mutually_exclusive_group(required=True)
     mode.add_argument("--base", help="git revision to compare the working tree with (e.g. HEAD, main, HEAD~1)")
     mode.add_argument("--against-baseline", action="store_true", help="compare with results/baselines/<machine>.json")
     mode.add_argument("--write-baseline", action="store_true", help="record results/baselines/<machine>.json")
-    ap.add_argument("--threshold", type=float, default=1.2, help="fail when head/base exceeds this (default 1.2)")
+    ap.add_argument("--threshold", type=float, default=None,
+                    help="fail when head/base exceeds this (default: 1 + this machine's stage threshold from "
+                         "results/noise/<machine>.json, tools/asv_runs.py noise; 1.2 without noise figures)")
     ap.add_argument("--min-delta-us", type=float, default=0.0, help="and head - base exceeds this many us")
     ap.add_argument("--baseline", type=Path, default=None, help="baseline file (default per machine)")
     ap.add_argument("--repo", type=Path, default=Path.cwd(), help="repository (default: the current one)")
@@ -280,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=50)
     args = ap.parse_args(argv)
     try:
+        if args.threshold is None:
+            args.threshold = default_threshold(args.repo, args.device)
         if args.threshold <= 1.0:
             raise ValueError(f"--threshold must be > 1, got {args.threshold}")
         stages = tuple(s for s in args.stages.split(",") if s)

@@ -1,7 +1,7 @@
 """The result store (DESIGN section 6): asv's results directory, and exporters into it.
 
 asv suites write into `results/asv` themselves. This module adds what asv does not measure, as
-`track_*` results of stub benchmarks with a pinned version, so that `asv publish` shows kernels,
+`track_*` results of benchmarks that have no code to run (version `export-v1`), so that `asv publish` shows kernels,
 the layer and training metrics on one dashboard, with the GPU model as a filter:
 
     export_pytest_benchmark(json_path)     pytest-benchmark --benchmark-json output
@@ -13,43 +13,51 @@ Command line: `python -m moe_routing_bench.suite.store {pytest-benchmark,jsonl,t
 this machine (with its `gpu` and `cuda` keys) in ~/.asv-machine.json for `asv run`;
 `... import-results DIR [--commit HASH]` merges asv results brought back from another machine.
 
-How the store works (asv results API version 2; notes/asv-and-pytest-benchmark.md section 4):
-- `<results>/<machine>/machine.json`: the machine's keys; with `python` they become the dashboard's
-  filters. Machines here carry `gpu` and `cuda` ("none" on CPU machines).
-- `<results>/<machine>/<commit[:8]>-<env>.json`: one file per commit and environment; a row per
-  benchmark holds its values over the product of its parameter lists. An export merges into the
-  file of the same commit and environment (new values win) and is written atomically.
-- `<results>/benchmarks.json`: what asv discovered (rewritten by every `asv run`). A result is shown
-  only if its benchmark is there with the same version. Exported benchmarks are recorded in
-  `<results>/exported.json` too, from which `benchmarks/exported.py` defines the stubs, so a later
-  `asv run` rediscovers exactly these entries.
+How the store works (asv results API version 2; files read and written through asv 0.6.6's own
+`asv.machine.Machine` and `asv.results.Results`, saved into a temp folder inside the store and
+renamed into place, every read-modify-write under one flock on `<results>/.lock`):
+- `<results>/<machine>/machine.json`: the machine's keys; asv copies them into every result's
+  parameters, so they must not change with a reboot (no kernel release, no RAM byte count).
+- `<results>/<machine>/<commit[:8]>-<env>.json`: one file per commit and environment. An export
+  merges into the file of the same commit and environment `export-<source>-py<X.Y>` (new values win).
+- `<results>/benchmarks.json`: asv shows a result only if its benchmark is listed there with the
+  same version. Exports add their entries; `asv run` keeps them (and the entries of benchmarks
+  another machine discovered) through the project's asv plugin (moe_routing_bench.suite.asv_plugin).
+Machine and environment names become paths: both must be single safe path components.
 Parameter values are stored as Python reprs ("'softk'", "64", "1.25", "None"), as asv does.
-
-Standard library only at import time (torch is imported only to describe a GPU), so that the asv
-stubs and the exporters start fast.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import fcntl
 import itertools
 import json
 import math
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
+
+import json5
+
+from moe_routing_bench.harness.records import read_jsonl, write_atomic
 
 DEFAULT_RESULTS_DIR = Path("results/asv")
-REGISTRY = "exported.json"
 EXPORT_VERSION = "export-v1"  # bump when the meaning of an exported number changes
-MACHINE_FILE = Path("~/.asv-machine.json")
+LOCK_FILE = ".lock"  # flock'ed around every read-modify-write of the store (gitignored)
+TMP_PREFIX = ".tmp-"  # asv writes here first; renamed into place (a killed writer's is removed later)
+# Parameter values listed first (see _natural): the main GPU shape and the documented training set-up
+FIRST_VALUES = ("'T16384-H4096-E128-k2-bfloat16'", "'softk'", "8", "2", "1.25")
 
 TRAINING_PARAMS = ("router", "num_experts", "top_k", "capacity_factor")
 # Numeric summary columns that describe the configuration or the run rather than measure it
@@ -71,6 +79,16 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
 
 
+def safe_name(text: str, what: str = "name") -> str:
+    """`text` if it is one safe path component (letters, digits, `_.+-`, not starting with a dot or dash)."""
+    if not isinstance(text, str) or not _SAFE_NAME.fullmatch(text):
+        raise ValueError(f"{what} {text!r} is not a single safe path component (letters, digits, _.+-)")
+    return text
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,200}")
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -79,13 +97,6 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "cpu"
-
-
-def _ram_bytes() -> str:
-    try:
-        return str(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return ""
 
 
 def local_gpu() -> dict[str, str]:
@@ -110,31 +121,38 @@ def default_machine_name(gpu: str | None = None) -> str:
 def machine_info(name: str | None = None, **keys: str) -> dict[str, str]:
     """asv's machine description plus `gpu`, `cuda`, `torch_version`, `triton_version` keys.
 
+    Every key is stable across reboots and kernel updates, because asv copies them into each
+    result's parameters and a changed value starts a new series: `os` is the system without its
+    release, `ram` is left empty (the exact byte count moves with firmware reservations).
     Without `keys`: this host. With `keys` (at least `gpu`): another machine whose records are
-    exported here; its host keys are left empty (`asv run` on it fills them in)."""
+    exported here; its host keys are left empty."""
     if "gpu" in keys:
         info = {"arch": "", "cpu": "", "num_cpu": "", "os": "", "ram": "", "cuda": "unknown", **keys}
     else:
         info = {"arch": platform.machine(), "cpu": _cpu_model(), "num_cpu": str(os.cpu_count()),
-                "os": f"{platform.system()} {platform.release()}", "ram": _ram_bytes(), **local_gpu(), **keys}
+                "os": platform.system(), "ram": "", **local_gpu(), **keys}
         try:
             import triton
 
             info.setdefault("triton_version", triton.__version__)
         except ImportError:
             pass
-    info["machine"] = name or default_machine_name(info.get("gpu"))
+    info["machine"] = safe_name(name or default_machine_name(info.get("gpu")), "machine name")
     return info
 
 
-def register_machine(name: str | None = None, machine_file: Path = MACHINE_FILE) -> dict[str, str]:
-    """Add (or refresh) this host in ~/.asv-machine.json so that `asv run --machine NAME` works."""
+def register_machine(name: str | None = None, machine_file: Path | None = None) -> dict[str, str]:
+    """Record this host in ~/.asv-machine.json (through asv's Machine) so that `asv run` asks nothing.
+
+    The entry is stored under the stable name and under the host name: asv looks the machine up by
+    host name when no --machine is given, and the entry's `machine` key then names the series."""
+    from asv.machine import MachineCollection
+
     info = machine_info(name)
-    path = Path(machine_file).expanduser()
-    data = json.loads(path.read_text()) if path.exists() else {"version": 1}
-    data[info["machine"]] = info
-    data["version"] = 1
-    _write_json(path, data)
+    path = str(Path(machine_file or MachineCollection.get_machine_file_path()).expanduser())
+    with _locked(Path(path).parent, f".{Path(path).name}.lock"):
+        for key in dict.fromkeys((info["machine"], platform.node() or info["machine"])):
+            MachineCollection.save(key, info, _path=path)
     return info
 
 
@@ -155,22 +173,45 @@ def resolve_commit(ref: str | None = None, repo: Path | None = None) -> tuple[st
 
 
 # ------------------------------------------------------------------------------------ the store
-def _write_json(path: Path, data) -> None:
-    """Atomic: a temp file in the same directory, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+@contextlib.contextmanager
+def _locked(directory: Path, name: str = LOCK_FILE) -> Iterator[None]:
+    """An exclusive advisory lock (flock) on `directory/name`, held for a read-modify-write."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / name, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def locked_store(results_dir: Path) -> Iterator[None]:
+    """Hold the store's lock; clears temp folders a killed writer left (nobody else writes now)."""
+    results_dir = Path(results_dir)
+    with _locked(results_dir):
+        for stale in results_dir.glob(f"{TMP_PREFIX}*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        yield
+
+
+def _save_through(results_dir: Path, relative: str, save) -> Path:
+    """Let asv's `save(tmp_root)` write `tmp_root/relative`, then rename it to `results_dir/relative`."""
+    final = results_dir / relative
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp_root = Path(tempfile.mkdtemp(dir=results_dir, prefix=TMP_PREFIX))
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=4, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        save(str(tmp_root))
+        with open(tmp_root / relative, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_root / relative, final)
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    return final
 
 
 def _read_json(path: Path, default):
-    return json.loads(path.read_text()) if path.exists() else default
+    return json5.loads(path.read_text()) if path.exists() else default
 
 
 def param_repr(value) -> str:
@@ -197,36 +238,35 @@ class Series:
 
 
 def _natural(text: str):
-    """Sort numbers numerically and before strings."""
+    """Numbers numerically and before strings; a value listed in FIRST_VALUES before all others, so
+    that asv's first view (the first values of each parameter) shows the main configuration."""
+    first = FIRST_VALUES.index(text) if text in FIRST_VALUES else len(FIRST_VALUES)
     try:
-        return (0, float(text), "")
+        return (first, 0, float(text), "")
     except ValueError:
-        return (1, 0.0, text)
-
-
-def _grid(row_params: list[list[str]], row_values: list) -> dict[tuple[str, ...], float | None]:
-    combos = itertools.product(*row_params) if row_params else [()]
-    return {c: v for c, v in zip(combos, row_values)}
-
-
-def _row(param_lists: list[list[str]], values: dict[tuple[str, ...], float | None], started_ms: int,
-         duration_s: float) -> list:
-    combos = itertools.product(*param_lists) if param_lists else [()]
-    result = [values.get(c) for c in combos]
-    return [result, param_lists, EXPORT_VERSION, started_ms, duration_s]
+        return (first, 1, 0.0, text)
 
 
 def _union(a: list[list[str]], b: list[list[str]]) -> list[list[str]]:
     return [sorted(set(x) | set(y), key=_natural) for x, y in zip(a, b)]
 
 
+def _save_machine(results_dir: Path, info: dict) -> None:
+    from asv.machine import Machine
+
+    machine = Machine()
+    machine.__dict__.update({k: v for k, v in info.items() if k != "version"})
+    _save_through(results_dir, f"{info['machine']}/machine.json", machine.save)
+
+
 def ensure_machine(results_dir: Path, machine: str, **keys: str) -> dict[str, str]:
-    """The machine's keys from `<results>/<machine>/machine.json`, written first if missing."""
-    path = results_dir / machine / "machine.json"
+    """The machine's keys from `<results>/<machine>/machine.json`, written first if missing.
+    Call with the store locked."""
+    path = Path(results_dir) / safe_name(machine, "machine name") / "machine.json"
     if path.exists():
-        return json.loads(path.read_text())
-    info = {**machine_info(machine, **keys), "version": 1}
-    _write_json(path, info)
+        return {k: v for k, v in _read_json(path, {}).items() if k != "version"}
+    info = machine_info(machine, **keys)
+    _save_machine(Path(results_dir), info)
     return info
 
 
@@ -234,65 +274,50 @@ def write_series(series: list[Series], results_dir: Path, machine: str, commit: 
                  source: str, machine_keys: dict[str, str] | None = None, python: str | None = None) -> Path:
     """Merge `series` into the results file of (machine, commit, env) and register the benchmarks.
 
-    The environment is `export-<source>-py<X.Y>` (python: the one that measured, default this one)."""
+    The environment is `export-<source>-py<X.Y>` (python: the one that measured, default this one).
+    The whole read-modify-write runs under the store's lock, so concurrent exporters lose nothing."""
+    from asv.results import Results, get_filename
+    from asv.runner import BenchmarkResult
+
     results_dir = Path(results_dir)
     if not re.fullmatch(r"[0-9a-f]{40}", commit):
         raise ValueError(f"commit must be a 40-hex hash, got {commit!r}")
-    info = ensure_machine(results_dir, machine, **(machine_keys or {}))
     python = ".".join((python or platform.python_version()).split(".")[:2])
-    env_name = f"export-{source}-py{python}"
-    path = results_dir / machine / f"{commit[:8]}-{env_name}.json"
-    data = _read_json(path, None) or {
-        "commit_hash": commit, "env_name": env_name, "date": date_ms, "python": python,
-        "params": {**{k: v for k, v in info.items() if k != "version"}, "python": python},
-        "requirements": {}, "env_vars": {}, "results": {}, "durations": {}, "version": 2,
-        "result_columns": ["result", "params", "version", "started_at", "duration", "stats_ci_99_a",
-                           "stats_ci_99_b", "stats_q_25", "stats_q_75", "stats_number", "stats_repeat",
-                           "samples", "profile"],
-    }
-    now_ms = int(time.time() * 1000)
-    for s in series:
-        if not s.values:
-            continue
-        params = s.param_lists()
-        values: dict = {}
-        old = data["results"].get(s.key)
-        if old is not None:
-            params = _union(old[1], params)
-            values.update(_grid(old[1], old[0]))
-        values.update(s.values)
-        data["results"][s.key] = _row(params, values, now_ms, 0.0)
-    _write_json(path, data)
-    register(series, results_dir)
+    env_name = safe_name(f"export-{source}-py{python}", "environment name")
+    with locked_store(results_dir):
+        info = ensure_machine(results_dir, machine, **(machine_keys or {}))
+        relative = get_filename(machine, commit, env_name)
+        path = results_dir / relative
+        results = Results.load(str(path)) if path.exists() else Results(
+            {**info, "python": python}, {}, commit, date_ms, python, env_name, {})
+        registry = _read_json(results_dir / "benchmarks.json", {"version": 2})
+        now = datetime.now(timezone.utc)
+        for s in series:
+            if not s.values:
+                continue
+            params = s.param_lists()
+            old = registry.get(s.key)
+            if old is not None and old.get("param_names") == s.param_names:
+                params = _union(old["params"], params)
+            values = {}
+            if s.key in results.get_all_result_keys():
+                values.update(zip(itertools.product(*params), results.get_result_value(s.key, params)))
+            values.update(s.values)
+            row = [values.get(c) for c in itertools.product(*params)]
+            empty = [None] * len(row)
+            results.add_result({"name": s.key, "version": EXPORT_VERSION, "params": params},
+                               BenchmarkResult(result=row, samples=empty, number=empty, errcode=0, stderr="",
+                                               profile=None), started_at=now, duration=0.0)
+            registry[s.key] = s.benchmark_entry(params)
+        _save_through(results_dir, relative, results.save)
+        _write_registry(results_dir, registry)
     return path
 
 
-def register(series: list[Series], results_dir: Path) -> None:
-    """Record the exported benchmarks (params = union over all exports) in exported.json and benchmarks.json."""
-    registry_path = results_dir / REGISTRY
-    registry = _read_json(registry_path, {})
-    for s in series:
-        if not s.values:
-            continue
-        params = s.param_lists()
-        if s.key in registry and registry[s.key]["param_names"] == s.param_names:
-            params = _union(registry[s.key]["params"], params)
-        registry[s.key] = s.benchmark_entry(params)
-    # asv gives all methods of a class the class's parameters: one union per stub class
-    by_class: dict[str, list[str]] = {}
-    for key in registry:
-        by_class.setdefault(key.rsplit(".", 1)[0], []).append(key)
-    for keys in by_class.values():
-        params = registry[keys[0]]["params"]
-        for key in keys[1:]:
-            params = _union(params, registry[key]["params"])
-        for key in keys:
-            registry[key]["params"] = params
-    _write_json(registry_path, registry)
-    bench_path = results_dir / "benchmarks.json"
-    benchmarks = _read_json(bench_path, {"version": 2})
-    benchmarks.update(registry)
-    _write_json(bench_path, benchmarks)
+def _write_registry(results_dir: Path, registry: dict) -> None:
+    """benchmarks.json, formatted as asv writes it (so an `asv run` that changes nothing leaves it alone)."""
+    registry = {**registry, "version": 2}
+    write_atomic(results_dir / "benchmarks.json", json.dumps(registry, indent=4, sort_keys=True))
 
 
 # ------------------------------------------------------------------------------------- exporters
@@ -449,7 +474,7 @@ def export_training_summary(summary_csv: Path, results_dir: Path = DEFAULT_RESUL
     """
     commit_hash, date_ms = resolve_commit(commit)
     gpu = training_gpu(Path(summary_csv))
-    machine = machine or default_machine_name(gpu)
+    machine = default_machine_name(gpu) if machine is None else machine
     return write_series(training_series(Path(summary_csv)), Path(results_dir), machine, commit_hash, date_ms,
                         "training", machine_keys=_gpu_keys(gpu))
 
@@ -461,11 +486,11 @@ def export_jsonl(jsonl_path: Path, results_dir: Path = DEFAULT_RESULTS_DIR, mach
     The machine is named after the records' GPU (`device_name`) when they come from one; the commit
     is the records' `git_commit` (without '+dirty') unless given.
     """
-    records = [json.loads(line) for line in Path(jsonl_path).read_text().splitlines() if line.strip()]
+    records = read_jsonl(jsonl_path)
     groups: dict[tuple[str, str], list[dict]] = {}
     for rec in records:
         gpu = rec.get("device_name") if rec.get("device") == "cuda" else None
-        name = machine or default_machine_name(gpu)
+        name = default_machine_name(gpu) if machine is None else machine
         ref = commit or (rec.get("git_commit") if rec.get("git_commit") not in (None, "unknown") else None)
         groups.setdefault((name, ref or "HEAD", gpu or ""), []).append(rec)
     paths = []
@@ -485,7 +510,7 @@ def export_pytest_benchmark(json_path: Path, results_dir: Path = DEFAULT_RESULTS
             if (b.get("extra_info") or {}).get("device") == "cuda"}
     gpu = next(iter(gpus)) if len(gpus) == 1 else None
     commit_hash, date_ms = resolve_commit(commit or (report.get("commit_info") or {}).get("id"))
-    machine = machine or default_machine_name(gpu)
+    machine = default_machine_name(gpu) if machine is None else machine
     keys = _gpu_keys(gpu)
     python = (report.get("machine_info") or {}).get("python_version")
     return write_series(pytest_series(report), Path(results_dir), machine, commit_hash, date_ms, "pytest",
@@ -494,37 +519,58 @@ def export_pytest_benchmark(json_path: Path, results_dir: Path = DEFAULT_RESULTS
 
 def import_results(src: Path, results_dir: Path = DEFAULT_RESULTS_DIR, *, commit: str | None = None,
                    date_ms: int | None = None) -> list[Path]:
-    """Merge asv results files from `src` (`<machine>/<file>.json` below it, e.g. $OUT/asv from
-    tools/gpu_asv.sh) into the store; `commit` relabels them (a run against a stand-in repository
-    on a machine without the history), the date then comes from this repository when it has the
-    commit, else from `date_ms`, else now. Rows of an existing file of the same commit and
-    environment are kept unless the import has the same benchmark."""
+    """Merge asv results files from `src` (`<machine>/<file>.json` below it, e.g. tools/gpu_asv.sh's
+    bundle) into the store. `commit` relabels them (a run against a stand-in repository on a machine
+    without the history); the date then comes from this repository when it has the commit, else
+    from `date_ms`, else now. Rows of an existing file of the same commit and environment are kept
+    unless the import has the same benchmark. Machine and environment names are checked to be
+    single safe path components before anything is written."""
+    from asv.results import Results, get_filename
+
     src, results_dir = Path(src), Path(results_dir)
-    written = []
-    for machine_json in sorted(src.glob("*/machine.json")):
-        machine = machine_json.parent.name
-        target = results_dir / machine / "machine.json"
-        if not target.exists():
-            _write_json(target, json.loads(machine_json.read_text()))
+    machines, imports = {}, []
+    for machine_json in sorted(src.glob("*/machine.json")):  # everything checked before anything is written
+        machine = safe_name(machine_json.parent.name, "machine name")
+        info = _read_json(machine_json, {})
+        if info.get("machine", machine) != machine:
+            raise ValueError(f"{machine_json} names machine {info.get('machine')!r}, not {machine!r}")
+        machines[machine] = info
         for f in sorted(machine_json.parent.glob("*.json")):
             if f.name == "machine.json":
                 continue
-            data = json.loads(f.read_text())
+            new = Results.load(str(f))
+            safe_name(new.env_name, "environment name")
+            if new.params.get("machine", machine) != machine:
+                raise ValueError(f"{f} is for machine {new.params.get('machine')!r}, not {machine!r}")
+            commit_hash, date = new.commit_hash, new.date
             if commit is not None:
                 try:
-                    data["commit_hash"], data["date"] = resolve_commit(commit)
+                    commit_hash, date = resolve_commit(commit)
                 except ValueError:
                     if not re.fullmatch(r"[0-9a-f]{40}", commit):
                         raise ValueError(f"{commit!r} is not a commit of this repository nor a 40-hex hash") from None
-                    data["commit_hash"], data["date"] = commit, date_ms or int(time.time() * 1000)
-            path = results_dir / machine / f"{data['commit_hash'][:8]}-{data['env_name']}.json"
-            old = _read_json(path, None)
-            if old is not None:
-                old["results"].update(data["results"])
-                old["durations"].update(data.get("durations", {}))
-                data = {**data, "results": old["results"], "durations": old["durations"]}
-            _write_json(path, data)
-            written.append(path)
+                    commit_hash, date = commit, date_ms or int(time.time() * 1000)
+            if not re.fullmatch(r"[0-9a-f]{40}", commit_hash or ""):
+                raise ValueError(f"{f}: commit_hash {commit_hash!r} is not a 40-hex hash")
+            imports.append((machine, new, commit_hash, date))
+    written = []
+    with locked_store(results_dir):
+        for machine, info in machines.items():
+            if not (results_dir / machine / "machine.json").exists():
+                _save_machine(results_dir, {**info, "machine": machine})
+        for machine, new, commit_hash, date in imports:
+            relative = get_filename(machine, commit_hash, new.env_name)
+            target = results_dir / relative
+            merged = Results.load(str(target)) if target.exists() else None
+            out = Results(new.params, new._requirements, commit_hash, date, new._python, new.env_name, new.env_vars)
+            for source in (merged, new):  # later wins
+                if source is None:
+                    continue
+                for attr in ("_results", "_samples", "_stats", "_benchmark_params", "_profiles", "_started_at",
+                             "_duration", "_benchmark_version"):
+                    getattr(out, attr).update(getattr(source, attr))
+            _save_through(results_dir, relative, out.save)
+            written.append(target)
     if not written:
         raise ValueError(f"no asv results (<machine>/machine.json and result files) under {src}")
     return written
@@ -545,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--commit", default=None, help="commit the numbers belong to (default: recorded, else HEAD)")
     p = sub.add_parser("machine", help="record this machine (gpu, cuda keys) in ~/.asv-machine.json; prints its name")
     p.add_argument("--name", default=None)
+    p.add_argument("--machine-file", type=Path, default=None, help="default ~/.asv-machine.json")
     p = sub.add_parser("import-results", help="merge asv results from DIR/<machine>/ (e.g. $OUT/asv of tools/gpu_asv.sh)")
     p.add_argument("dir", type=Path)
     p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR)
@@ -553,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.what == "machine":
-            print(register_machine(args.name)["machine"])
+            print(register_machine(args.name, args.machine_file)["machine"])
             return 0
         if args.what == "import-results":
             for p in import_results(args.dir, args.results_dir, commit=args.commit, date_ms=args.date_ms):
@@ -567,8 +614,8 @@ def main(argv: list[str] | None = None) -> int:
             paths = export_jsonl(args.file, args.results_dir, args.machine, commit=args.commit)
         else:
             paths = [export_pytest_benchmark(args.file, args.results_dir, args.machine, commit=args.commit)]
-    except (ValueError, KeyError, json.JSONDecodeError) as e:
-        print(f"asv_store: error: {e}", file=sys.stderr)
+    except (ValueError, KeyError) as e:  # json.JSONDecodeError and json5's errors are ValueErrors
+        print(f"store: error: {e}", file=sys.stderr)
         return 2
     for p in paths:
         print(f"wrote {p}")

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from .. import dispatch, plan, routers
-from ..validation import ConfigError, check_top_k
+from ..validation import ConfigError
 from .base import Backend, use_triton_interpreter_without_gpu
 
 __all__ = ["BACKENDS", "Backend", "available_backends", "backend_unavailable_reason", "get_backend"]
@@ -36,10 +36,9 @@ def _compile_backend() -> Backend:
     compiled_plan = torch.compile(plan.plan_tensors, dynamic=False)
     compiled_route = torch.compile(routers.route, dynamic=False)
 
-    def route(logits_TE, strategy, top_k, **opts):
-        routers.canonical_strategy(strategy)  # raise ConfigError outside the compiled region
-        routers.check_seed_semantics(opts.get("seed_semantics", ()))
-        check_top_k(top_k, logits_TE.shape[-1])
+    def route(logits_TE, strategy, top_k, *, checked=False, **opts):
+        checks = {k: opts[k] for k in ("temperature", "token_ids_T", "bias_E", "seed_semantics") if k in opts}
+        routers.check_route_args(logits_TE, strategy, top_k, checked=checked, **checks)  # outside the compiled region
         return compiled_route(logits_TE, strategy, top_k, **opts)
 
     return Backend(

@@ -24,7 +24,6 @@ import torch
 from .. import dispatch, routers
 from .. import plan as plan_mod
 from .base import Backend
-from ..validation import ConfigError
 from ._triton.launch import runs_here
 from ._triton.autograd_fns import CombineFn, PackFn, RouteFn
 from ._triton.plan_kernels import plan_tensors as _triton_plan_tensors
@@ -33,24 +32,20 @@ from ._triton.topk_kernels import MAX_EXPERTS, MAX_TOP_K, MODES, route_topk
 
 def route(logits_TE: torch.Tensor, strategy: str, top_k: int, *, temperature: float = 1.0, renormalize: bool = True,
           token_ids_T: torch.Tensor | None = None, bias_E: torch.Tensor | None = None,
-          capacity_factor: float | None = None, seed_semantics: tuple[str, ...] = ()) -> routers.Routing:
-    """`routers.route` on the fused router kernel (see `kernels.topk` for the arithmetic); the older
+          capacity_factor: float | None = None, seed_semantics: tuple[str, ...] = (),
+          checked: bool = False) -> routers.Routing:
+    """`routers.route` on the fused router kernel (see `kernels.topk` for the arithmetic); the same
+    argument checks (`routers.check_route_args`) and invalid-input policy as the reference. The older
     tool's variants (`seed_semantics`) run the reference."""
-    name = routers.canonical_strategy(strategy)
-    if logits_TE.dim() != 2:
-        raise ConfigError(f"router logits must be [tokens, experts], got shape {tuple(logits_TE.shape)}")
+    name = routers.check_route_args(logits_TE, strategy, top_k, temperature=temperature, token_ids_T=token_ids_T,
+                                    bias_E=bias_E, seed_semantics=seed_semantics, checked=checked)
     T, E = logits_TE.shape
-    routers.check_top_k(top_k, E)
-    fallback = (name in ("hash", "expert-choice") or routers.seed_route_factor(name, seed_semantics) is not None or E > MAX_EXPERTS or top_k > MAX_TOP_K or T == 0
-                or not logits_TE.is_floating_point() or not runs_here(logits_TE, bias_E))
+    fallback = (name in ("hash", "expert-choice") or routers.seed_route_factor(name, seed_semantics) is not None
+                or E > MAX_EXPERTS or top_k > MAX_TOP_K or T == 0 or not runs_here(logits_TE, bias_E))
     if fallback:
         return routers.route(logits_TE, strategy, top_k, temperature=temperature, renormalize=renormalize,
                              token_ids_T=token_ids_T, bias_E=bias_E, capacity_factor=capacity_factor,
                              seed_semantics=seed_semantics)
-    if name == "top1" and top_k != 1:
-        raise ConfigError(f"top1 routes each token to exactly one expert; got top-k {top_k}")
-    if not temperature > 0:
-        raise ConfigError(f"temperature must be > 0, got {temperature}")
     if name == "softk" and not renormalize:
         name = "softk-norenorm"
     mode = MODES[name]
@@ -76,7 +71,8 @@ build_plan = functools.partial(plan_mod.build_plan, impl=plan_tensors)
 
 def pack(x_TH: torch.Tensor, plan: plan_mod.Plan) -> torch.Tensor:
     """`dispatch.pack`: expert-major packed rows [R, H] (push form; empty rows zero)."""
-    if not runs_here(x_TH, plan.row_TK):
+    dispatch.check_pack_input(x_TH, plan)
+    if plan.num_tokens == 0 or not runs_here(x_TH, plan.row_TK):  # T = 0: no kernel launch with an empty grid
         return dispatch.pack(x_TH, plan)
     if x_TH.requires_grad and torch.is_grad_enabled():
         return PackFn.apply(x_TH, plan.row_TK, plan.token_index_R, plan.every_row_filled)
@@ -87,7 +83,8 @@ def pack(x_TH: torch.Tensor, plan: plan_mod.Plan) -> torch.Tensor:
 
 def combine(y_RH: torch.Tensor, plan: plan_mod.Plan) -> torch.Tensor:
     """`dispatch.combine`: out[t] = sum of kept gate * y[row] in float32, rounded once to y's dtype."""
-    if not runs_here(y_RH, plan.row_TK):
+    dispatch.check_combine_input(y_RH, plan)
+    if plan.num_tokens == 0 or not runs_here(y_RH, plan.row_TK):
         return dispatch.combine(y_RH, plan)
     if (y_RH.requires_grad or plan.gate_TK.requires_grad) and torch.is_grad_enabled():
         return CombineFn.apply(y_RH, plan.gate_TK, plan.row_TK, plan.token_index_R, plan.every_row_filled)

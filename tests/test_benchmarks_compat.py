@@ -1,0 +1,53 @@
+"""benchmarks/ (the working tree's, as asv uses them for every commit) run against the package of a
+commit from before the public API (bfe3dab: moe_routing_bench.bench, .backends, .layer with
+positional MoELayer arguments, .timing) and against this tree's: `benchmarks/common.api()`."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BEFORE_RESTRUCTURE = "bfe3dab"
+
+RUN = r"""
+import sys
+sys.path.insert(0, sys.argv[1])  # the package under test
+sys.path.insert(1, sys.argv[2])  # the working tree's benchmarks/ (as asv's benchmark_dir)
+import moe_routing_bench
+assert moe_routing_bench.__file__.startswith(sys.argv[1]), moe_routing_bench.__file__
+from benchmarks import bench_capacity, bench_layer, bench_pack
+from benchmarks.common import api
+p = bench_pack.Pack(); p.setup("torch", "T1024-H256-E16-k2", "uniform"); p.time_pack()
+layer = bench_layer.MoELayer(); layer.setup("torch", "T512-H128-E8-k2"); layer.time_forward_backward()
+c = bench_capacity.Capacity(); c.setup("torch", "T1024-H256-E16-k2", 1.0, "zipf")
+rate = c.track_avg_drop_rate("torch")
+assert 0.0 < rate < 1.0, rate
+print("public" if hasattr(moe_routing_bench, "stage_callables") else "old", round(rate, 4))
+"""
+
+
+def _package_of(commit: str, dest: Path) -> Path:
+    archive = subprocess.run(["git", "archive", "--format=tar", commit, "moe_routing_bench"], cwd=ROOT,
+                             capture_output=True, check=True).stdout
+    dest.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
+@pytest.mark.slow
+def test_the_suites_run_before_and_after_the_restructure(tmp_path):
+    if subprocess.run(["git", "cat-file", "-e", f"{BEFORE_RESTRUCTURE}^{{commit}}"], cwd=ROOT).returncode:
+        pytest.skip(f"{BEFORE_RESTRUCTURE} is not in this clone's history")
+    rates = {}
+    for label, commit in (("old", BEFORE_RESTRUCTURE), ("public", "HEAD")):
+        tree = _package_of(commit, tmp_path / label)
+        out = subprocess.run([sys.executable, "-c", RUN, str(tree), str(ROOT)], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=300, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+        assert out.returncode == 0, out.stderr[-3000:]
+        api, rate = out.stdout.split()
+        assert api == label
+        rates[label] = float(rate)
+    assert rates["old"] == rates["public"]  # the same routing, the same drop rate

@@ -1,0 +1,112 @@
+"""The README's regression-suite commands as a user types them, on a clean clone (issue 11).
+
+`asv run --quick` (one commit: the tip of main), `asv publish` and `pytest --benchmark-only` run in a
+fresh `git clone` of this repository with the venv's bin first on PATH, as after `source
+.venv/bin/activate`. Checked: exit status 0, no failed or errored benchmark, nothing committed
+rewritten (only new result files for the measured commit), and the first view of a GPU page, a
+training page and the Regressions page in headless Chromium (data drawn, no error page).
+
+Costs one asv CPU run (about a minute on 2 cores once asv's environment exists; the environment
+is kept in this repository's .asv/env, gitignored, so later runs reuse it) plus a publish.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the venv's bin: asv, pytest
+
+
+def _require(what: str, ok: bool) -> None:
+    """Skip when a tool is missing here; fail instead where MOE_BENCH_REQUIRE_DASHBOARD=1 (CI)."""
+    if not ok:
+        if os.environ.get("MOE_BENCH_REQUIRE_DASHBOARD") == "1":
+            pytest.fail(f"{what} is required (MOE_BENCH_REQUIRE_DASHBOARD=1)")
+        pytest.skip(f"{what} not available")
+
+
+def _run(cmd: list[str], cwd: Path, env: dict, timeout: int) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def _changes(clone: Path) -> list[str]:
+    out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=clone, capture_output=True,
+                         text=True, check=True).stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def _y_ticks(dom: str) -> list[float]:
+    ticks = []
+    for text in re.findall(r'class="flot-tick-label tickLabel"[^>]*>([^<]*)<', dom):
+        try:
+            ticks.append(float(text.replace(",", "")))
+        except ValueError:
+            pass
+    return ticks
+
+
+@pytest.mark.slow
+def test_asv_run_publish_and_pytest_benchmark_as_typed_on_a_clean_clone(tmp_path):
+    import browser  # tests/browser.py
+
+    _require("asv", importlib.util.find_spec("asv") is not None and (BIN / "asv").exists())
+    try:
+        browser.find_chromium()
+        chromium = True
+    except browser.BrowserNotFoundError:
+        chromium = False
+    _require("chromium", chromium)
+    from moe_routing_bench.suite import dashboard
+
+    _require("npm or the dashboard vendor cache", shutil.which("npm") is not None
+             or (dashboard.default_cache_dir() / "packages").is_dir())
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run(["git", "checkout", "-q", "-B", "main", head], cwd=clone, check=True)  # a user's clone is on main
+    (ROOT / ".asv" / "env").mkdir(parents=True, exist_ok=True)
+    (clone / ".asv").mkdir()
+    (clone / ".asv" / "env").symlink_to(ROOT / ".asv" / "env")  # asv's environment: a cache, like pip's
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TRITON_INTERPRET")}
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(clone), VIRTUAL_ENV=str(BIN.parent))
+
+    # python3 dev.py setup's last step: this machine in ~/.asv-machine.json under its stable name
+    machine = _run([str(BIN / "python"), "-m", "moe_routing_bench.suite.store", "machine"], clone, env, 120).stdout.strip()
+
+    run = _run(["asv", "run", "--quick"], clone, env, 900)
+    log = run.stdout + run.stderr
+    assert "failed" not in log and "Traceback" not in log and "skipped (setup_cache failed)" not in log, log[-3000:]
+    new = _changes(clone)
+    assert new and all(re.fullmatch(rf"\?\? results/asv/{re.escape(machine)}/({head[:8]}-virtualenv-.*\.json|machine\.json)", c)
+                       for c in new), new  # only new result files; benchmarks.json and machine.json untouched
+
+    _run(["asv", "publish"], clone, env, 300)
+    assert _changes(clone) == new
+
+    bench = _run(["pytest", "--benchmark-only", "-q", "-p", "no:cacheprovider"], clone, env, 900)
+    assert "Skipping non-benchmark" not in bench.stdout and re.search(r"\d+ passed", bench.stdout), bench.stdout[-2000:]
+    assert _changes(clone) == new
+
+    html = clone / ".asv" / "html"
+    assert html.is_symlink() and not dashboard.external_references((html / "index.html").read_text())
+    with dashboard.served(html) as url:
+        for page in ("bench_routing.RoutingPath.track_routing_path_us", "exported.Training.track_best_val_loss"):
+            dom = browser.dump_dom(f"{url}index.html#{page}", wait_ms=8000)
+            assert "continental origin" not in dom, f"{page}: asv's error page (a library did not load)"
+            assert 'class="flot-base"' in dom, f"{page}: no plot"
+            ticks = _y_ticks(dom)
+            assert len(ticks) >= 2 and max(ticks) > 1.5, f"{page}: empty first view (y ticks {ticks})"
+            assert "machine-nvidia" in dom or "machine-cpu" in dom  # a legend: series were drawn
+        dom = browser.dump_dom(f"{url}index.html#regressions", wait_ms=8000)
+        assert "continental origin" not in dom and "Best after" in dom, "no Regressions table"

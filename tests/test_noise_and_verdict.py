@@ -1,0 +1,102 @@
+"""Noise figures and thresholds (tools/asv_runs.py) and the verdict table (moe_routing_bench.suite.verdict)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from moe_routing_bench.suite import store, verdict
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("asv_runs", ROOT / "tools" / "asv_runs.py")
+asv_runs = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(asv_runs)
+
+
+def test_p95_of_pairwise_relative_differences():
+    assert asv_runs.p95([1.0, 1.0, 1.0]) == 0.0
+    assert asv_runs.p95([1.0, 1.1]) == pytest.approx(0.1, abs=0.002)  # pairs both ways: |1.1/1 - 1| and |1/1.1 - 1|
+    values = [100.0] * 9 + [150.0]
+    assert 0.3 < asv_runs.p95(values) <= 0.5  # one outlier in ten runs sets the 95th percentile
+
+
+@pytest.mark.parametrize("spread,threshold", [(0.0, 0.02), (0.01, 0.02), (0.02, 0.03), (0.1, 0.15), (0.5, 0.75)])
+def test_threshold_rule(spread, threshold):
+    assert asv_runs.threshold_of(spread) == pytest.approx(threshold)
+
+
+def test_thresholds_block_of_asv_conf_follows_every_machines_noise_file(tmp_path):
+    conf = tmp_path / "asv.conf.json"
+    conf.write_text((ROOT / "asv.conf.json").read_text())
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    (noise / "a.json").write_text(json.dumps({"benchmarks": {"bench_pack.Pack.track_pack_us": {"threshold": 0.03}}}))
+    (noise / "b.json").write_text(json.dumps({"benchmarks": {"bench_pack.Pack.track_pack_us": {"threshold": 0.04},
+                                                             "bench_pack.Pack.time_pack": {"threshold": 0.6}}}))
+    asv_runs.update_conf_thresholds(conf, noise)
+    thresholds = verdict.load_thresholds(conf)
+    assert verdict.threshold_for("bench_pack.Pack.track_pack_us", thresholds) == 0.04  # the larger of two machines
+    assert verdict.threshold_for("bench_pack.Pack.time_pack", thresholds) == 0.6
+    assert verdict.threshold_for("bench_pack.Pack.track_pack_usX", thresholds) == verdict.DEFAULT_THRESHOLD
+    assert verdict.threshold_for("exported.Training.track_x", thresholds) == 1.0
+
+
+def _export(tmp_path, store_dir, commit, median):
+    report = {"commit_info": {"id": commit}, "benchmarks": [{"name": "t", "stats": {"median": median}}]}
+    src = tmp_path / f"{commit}.json"
+    src.write_text(json.dumps(report))
+    store.export_pytest_benchmark(src, store_dir, "m1")
+
+
+def test_verdict_flags_only_changes_beyond_the_threshold(tmp_path, capsys, monkeypatch):
+    commits = subprocess.run(["git", "rev-list", "-3", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    if len(commits) < 3:
+        pytest.skip("needs three commits of history")
+    s = tmp_path / "asv"
+    for commit, median in zip(commits, (1.00e-5, 1.03e-5, 1.20e-5)):
+        _export(tmp_path, s, commit, median)
+    conf = tmp_path / "asv.conf.json"
+    conf.write_text('{"regressions_thresholds": {"exported\\\\..*": 0.05}}')
+    monkeypatch.chdir(ROOT)
+    args = ["--machine", "m1", "--results-dir", str(s), "--config", str(conf), "--fail", "-b", "median"]
+    assert verdict.main([commits[0], commits[1], *args]) == 0  # 3% < 5%
+    out = capsys.readouterr().out
+    assert re.search(r"\| same", out) and "0 slower" in out
+    assert verdict.main([commits[0], commits[2], *args]) == 1  # 20% > 5%: slower
+    assert "| slower" in capsys.readouterr().out
+    assert verdict.main(["nonexistent-ref", commits[0], *args]) == 2
+
+
+@pytest.mark.slow
+def test_planted_slowdown_wraps_the_triton_stage_and_keeps_its_result(tmp_path):
+    archive = subprocess.run(["git", "archive", "--format=tar", "HEAD", "moe_routing_bench", "tools/plant_slowdown.py"],
+                             cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive, check=True)
+    import sys
+
+    assert subprocess.run([sys.executable, str(tmp_path / "tools" / "plant_slowdown.py"), "pack", "0.05"],
+                          capture_output=True).returncode == 0
+    assert subprocess.run([sys.executable, str(tmp_path / "tools" / "plant_slowdown.py"), "pack", "0.05"],
+                          capture_output=True).returncode == 2  # once only
+    code = """
+import os, sys, torch
+os.environ.setdefault("TRITON_INTERPRET", "1")
+sys.path.insert(0, sys.argv[1])
+import moe_routing_bench as mrb
+assert mrb.__file__.startswith(sys.argv[1])
+b, ref = mrb.get_backend("triton"), mrb.get_backend("torch")
+assert b.pack.__name__ == "pack" and "_planted_pack" in b.pack.__code__.co_names
+case = mrb.Case(64, 32, 4, 2, dtype="float32").validated()
+inputs = mrb.make_inputs(case)
+routing = ref.route(inputs.logits_TE, "softk", 2)
+plan = ref.build_plan(routing)
+torch.testing.assert_close(b.pack(inputs.x_TH, plan), ref.pack(inputs.x_TH, plan))
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]

@@ -1,0 +1,295 @@
+#!/usr/bin/env python3
+"""asv in existing-environment mode, for GPU machines (no network, no git history) and noise figures.
+
+    python tools/asv_runs.py pack COMMIT...              # here: .gl/commits/<hash>.tar (+ date) to carry over
+    python tools/asv_runs.py history COMMIT... --bundle $OUT/asv_results.tar
+    python tools/asv_runs.py noise --runs 10 [--bench REGEX]   # results/noise/<machine>.json, asv.conf.json
+
+`history` measures each commit's package with the working tree's benchmarks/ (whose `api()` adapts
+to old commits), in the order given, one asv run per commit in the environment of this interpreter
+(`-E existing`). The source of a commit is a `git worktree` where this copy has the history, else
+`.gl/commits/<hash>.tar` made by `pack`. asv needs a repository holding the commit it records, so
+each run goes against a one-commit stand-in repository and its results are relabelled with the real
+commit and commit date. Only the new result files are kept, merged into `--bundle` (one tar: the
+device returns few files). Import at home: `python -m moe_routing_bench.suite.store import-results DIR`
+after `tar xf`.
+
+`noise` runs the selected benchmarks of the working tree `--runs` times, each run its own asv
+invocation (so every benchmark process is a separate process each time), and records per
+benchmark combination the spread: the 95th percentile over all pairs of runs of |a / b - 1|.
+Rule for thresholds: threshold(benchmark) = max(2%, 1.5 x the largest p95 spread over its
+combinations), rounded up to a whole percent. The figures go to results/noise/<machine>.json; the
+thresholds of every machine's file (the largest per benchmark) are written into asv.conf.json's
+`regressions_thresholds` block, which asv's step detection and `moe_routing_bench.suite.verdict`
+use; `pytest_benchmark_compare_fail` in the same file is the largest stage threshold, for
+`pytest --benchmark-compare-fail`.
+
+Benchmark processes: asv's forkserver launcher (torch imported once per run; nothing touches CUDA
+at import, so forked children initialise CUDA themselves), one process per combination, and Triton
+and inductor caches persistent across processes and commits ($MOE_BENCH_CACHE, default
+~/.cache/moe-routing-bench). ASV_LAUNCH_METHOD=spawn falls back to a fresh interpreter per process.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from moe_routing_bench.harness.records import write_atomic  # noqa: E402
+from moe_routing_bench.suite import store  # noqa: E402
+
+PACK_DIR = ROOT / ".gl" / "commits"
+NOISE_DIR = ROOT / "results" / "noise"
+FLOOR, FACTOR = 0.02, 1.5  # the threshold rule (module docstring)
+
+
+def _git(*args: str, cwd: Path = ROOT) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _has_history(commit: str) -> bool:
+    return subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=ROOT,
+                          capture_output=True).returncode == 0
+
+
+def cache_env() -> dict[str, str]:
+    """Persistent compiler caches shared by every benchmark process and commit."""
+    base = Path(os.environ.get("MOE_BENCH_CACHE", Path.home() / ".cache" / "moe-routing-bench")).expanduser()
+    env = {"TRITON_CACHE_DIR": str(base / "triton"), "TORCHINDUCTOR_CACHE_DIR": str(base / "inductor"),
+           "PYTHONUNBUFFERED": "1"}
+    for d in env.values():
+        if "/" in d:
+            Path(d).mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def pack(commits: list[str]) -> None:
+    PACK_DIR.mkdir(parents=True, exist_ok=True)
+    for ref in commits:
+        commit, date_ms = store.resolve_commit(ref, ROOT)
+        tar = PACK_DIR / f"{commit}.tar"
+        # the package only: benchmarks/ come from the working tree for every commit
+        subprocess.run(["git", "archive", "--format=tar", "-o", str(tar), commit, "moe_routing_bench"], cwd=ROOT, check=True)
+        (PACK_DIR / f"{commit}.date").write_text(str(date_ms))
+        print(f"packed {commit[:8]} ({tar.stat().st_size // 1024} KiB)")
+
+
+def source_tree(commit: str, workdir: Path) -> tuple[Path, str, int]:
+    """(directory with the commit's files, full hash, commit date ms)."""
+    if _has_history(commit):
+        full, date_ms = store.resolve_commit(commit, ROOT)
+        tree = workdir / full[:8]
+        subprocess.run(["git", "archive", "--format=tar", "-o", str(workdir / "src.tar"), full, "moe_routing_bench"],
+                       cwd=ROOT, check=True)
+        tar_path = workdir / "src.tar"
+    else:
+        matches = sorted(PACK_DIR.glob(f"{commit}*.tar"))
+        if len(matches) != 1:
+            raise SystemExit(f"asv_runs: no history and no single {PACK_DIR}/{commit}*.tar (run `pack` where git is)")
+        tar_path, full = matches[0], matches[0].stem
+        date_ms = int((PACK_DIR / f"{full}.date").read_text())
+        tree = workdir / full[:8]
+    tree.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(tar_path) as tf:
+        tf.extractall(tree, filter="data")
+    return tree, full, date_ms
+
+
+def stand_in(workdir: Path, results_dir: Path) -> tuple[Path, str]:
+    """A one-commit repository and an asv config pointing at the working tree's benchmarks."""
+    repo = workdir / "stand-in"
+    repo.mkdir(parents=True, exist_ok=True)
+    _git("init", "-q", "-b", "main", cwd=repo)
+    _git("-c", "user.name=asv_runs", "-c", "user.email=asv_runs@localhost", "commit", "-q", "--allow-empty",
+         "-m", "stand-in", cwd=repo)
+    from moe_routing_bench.suite.dashboard import read_asv_config
+
+    conf = read_asv_config(ROOT / "asv.conf.json")
+    conf.update(repo=str(repo), benchmark_dir=str(ROOT / "benchmarks"), results_dir=str(results_dir),
+                html_dir=str(workdir / "html"), env_dir=str(workdir / "env"), plugins=[])
+    (repo / "asv.conf.json").write_text(json.dumps(conf))
+    return repo / "asv.conf.json", _git("rev-parse", "HEAD", cwd=repo)
+
+
+def run_asv(tree: Path, workdir: Path, results_dir: Path, machine: str, bench: str, quick: bool = False) -> None:
+    conf, stand_hash = stand_in(workdir, results_dir)
+    env = {**os.environ, **cache_env()}
+    env["ASV_PYTHONPATH"] = env["PYTHONPATH"] = str(tree)  # asv clears PYTHONPATH for benchmark processes
+    cmd = [sys.executable, "-m", "asv", "run", "-E", f"existing:{sys.executable}", "--config", str(conf),
+           "--set-commit-hash", stand_hash, "--machine", machine,
+           "--launch-method", os.environ.get("ASV_LAUNCH_METHOD", "forkserver"),
+           "-b", bench, "-a", "processes=1", "--show-stderr"] + (["--quick"] if quick else [])
+    subprocess.run(cmd, cwd=ROOT, env=env, check=False)
+
+
+def _write_bundle(out: Path, bundle: Path) -> None:
+    bundle.parent.mkdir(parents=True, exist_ok=True)
+    tmp = bundle.with_name(f".{bundle.name}.tmp")
+    with tarfile.open(tmp, "w") as tf:
+        for f in sorted(out.rglob("*.json")):
+            if not f.name.startswith("."):
+                tf.add(f, arcname=str(f.relative_to(out)))
+    os.replace(tmp, bundle)
+
+
+def history(commits: list[str], bundle: Path | None, bench: str, machine: str | None,
+            deadline_s: float | None = None) -> Path:
+    """Each commit in turn; the bundle is rewritten after every commit, so a run stopped by a time
+    limit keeps what it finished, and no commit is started past `deadline_s` (seconds from now)."""
+    machine = store.register_machine(machine)["machine"]
+    out = Path(tempfile.mkdtemp(prefix="asv-history-"))
+    start = time.time()
+    for i, ref in enumerate(commits, 1):
+        t0 = time.time()
+        if deadline_s is not None and i > 1 and (t0 - start) / (i - 1) > deadline_s - (t0 - start):
+            print(f"asv_runs: stopping before {ref}: the next commit would pass the {deadline_s:.0f} s deadline",
+                  flush=True)
+            break
+        work = Path(tempfile.mkdtemp(prefix="asv-commit-"))
+        tree, commit, date_ms = source_tree(ref, work)
+        print(f"asv_runs: [{i}/{len(commits)}] {commit[:8]}", flush=True)
+        raw = work / "results"
+        run_asv(tree, work, raw, machine, bench)
+        store.import_results(raw, out, commit=commit, date_ms=date_ms)
+        shutil.rmtree(work, ignore_errors=True)
+        if bundle:
+            _write_bundle(out, bundle)
+        print(f"asv_runs: [{i}/{len(commits)}] {commit[:8]} done in {time.time() - t0:.0f} s", flush=True)
+    if bundle:
+        print(f"asv_runs: new results in {bundle} (tar xf it, then: python -m moe_routing_bench.suite.store "
+              f"import-results <that folder>)")
+    return out
+
+
+def p95(values: list[float]) -> float:
+    """95th percentile (linear interpolation) of |a / b - 1| over all pairs of runs."""
+    diffs = sorted(abs(a / b - 1) for a, b in itertools.permutations(values, 2) if b)
+    if not diffs:
+        return 0.0
+    k = (len(diffs) - 1) * 0.95
+    lo, hi = math.floor(k), math.ceil(k)
+    return diffs[lo] + (diffs[hi] - diffs[lo]) * (k - lo)
+
+
+def threshold_of(spread: float) -> float:
+    return max(FLOOR, math.ceil(FACTOR * spread * 100 - 1e-9) / 100)
+
+
+def noise(runs: int, bench: str, machine: str | None, quick: bool) -> Path:
+    from asv.results import Results
+
+    machine = store.register_machine(machine)["machine"]
+    work = Path(tempfile.mkdtemp(prefix="asv-noise-"))
+    values: dict[tuple[str, tuple], list[float]] = {}
+    t0 = time.time()
+    for i in range(runs):
+        raw = work / f"run{i}"
+        run_asv(ROOT, work / f"w{i}", raw, machine, bench, quick)
+        for f in raw.glob("*/*.json"):
+            if f.name == "machine.json":
+                continue
+            r = Results.load(str(f))
+            for key in r.get_all_result_keys():
+                params = r.get_result_params(key)
+                for combo, v in zip(itertools.product(*params) if params else [()], r.get_result_value(key, params)):
+                    if v is not None and isinstance(v, (int, float)) and math.isfinite(v) and v > 0:
+                        values.setdefault((key, combo), []).append(float(v))
+        print(f"asv_runs: noise run {i + 1}/{runs} done ({time.time() - t0:.0f} s)", flush=True)
+    benchmarks: dict[str, dict] = {}
+    for (key, combo), vs in sorted(values.items()):
+        if len(vs) < 2:
+            continue
+        b = benchmarks.setdefault(key, {"combos": {}})
+        b["combos"][", ".join(combo)] = {"values": [float(f"{v:.4g}") for v in vs], "p95_rel_diff": round(p95(vs), 4)}
+    for b in benchmarks.values():
+        b["p95_rel_diff"] = max(c["p95_rel_diff"] for c in b["combos"].values())
+        b["threshold"] = threshold_of(b["p95_rel_diff"])
+    if not benchmarks:
+        raise SystemExit("asv_runs: no benchmark gave values in two runs; nothing written")
+    stage = [b["threshold"] for k, b in benchmarks.items() if re.search(r"\.(time|track)_(topk|plan|pack|combine|routing_path)", k)]
+    record = {"machine": machine, "commit": _git("rev-parse", "HEAD") if _has_history("HEAD") else "unknown",
+              "runs": runs, "quick": quick, "bench": bench, "wall_s": round(time.time() - t0),
+              "rule": f"threshold = max({FLOOR:.0%}, {FACTOR} x the largest p95 over the benchmark's combinations of "
+                      "|a/b - 1| over all pairs of runs), rounded up to a whole percent",
+              "stage_threshold": max(stage or [0.1]),
+              "pytest_benchmark_compare_fail": f"median:{round(100 * max(stage or [0.1]))}%",
+              "benchmarks": benchmarks}
+    path = NOISE_DIR / f"{store.safe_name(machine)}.json"
+    write_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    update_conf_thresholds()
+    print(f"asv_runs: wrote {path} and asv.conf.json's thresholds")
+    return path
+
+
+FIXED = {"exported\\\\..*": 1.0}  # exported metrics: not timed repeatably here; only gross changes
+
+
+def update_conf_thresholds(conf: Path = ROOT / "asv.conf.json", noise_dir: Path = NOISE_DIR) -> None:
+    """Rewrite the BEGIN/END block of regressions_thresholds from every machine's noise file."""
+    per_bench: dict[str, float] = {}
+    for f in sorted(noise_dir.glob("*.json")):
+        for name, b in json.loads(f.read_text())["benchmarks"].items():
+            per_bench[name] = max(per_bench.get(name, 0.0), b["threshold"])
+    # asv matches the regex against "name(params)@branch": anchor the name, then a parameter list or the end
+    lines = [f'        "^{re.escape(name).replace(chr(92), chr(92) * 2)}(\\\\(|@|$)": {t},' for name, t in sorted(per_bench.items())]
+    lines += [f'        "{k}": {v},' for k, v in FIXED.items()]
+    lines[-1] = lines[-1].rstrip(",")
+    text = conf.read_text()
+    new = re.sub(r"(// BEGIN thresholds\n).*?(\n\s*// END thresholds)", lambda m: m.group(1) + "\n".join(lines) + m.group(2),
+                 text, flags=re.S)
+    if new == text and "// BEGIN thresholds" not in text:
+        raise SystemExit(f"asv_runs: no BEGIN/END thresholds block in {conf}")
+    write_atomic(conf, new)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("pack", help="git archive each commit into .gl/commits/ (to carry to a machine without history)")
+    p.add_argument("commits", nargs="+")
+    gpu_default = r"^bench_.*\.track_"
+    p = sub.add_parser("history", help="run the suites for each commit, in order")
+    p.add_argument("commits", nargs="+")
+    p.add_argument("--bundle", type=Path, default=None, help="tar of the new result files")
+    p.add_argument("--deadline-s", type=float, default=None,
+                   help="start no commit that would end past this many seconds (the average so far as the guide)")
+    p.add_argument("--bench", default=gpu_default, help="asv -b regex (asv searches it in names; no $ anchor)")
+    p.add_argument("--machine", default=None)
+    p = sub.add_parser("noise", help="spread of repeated runs of the working tree; thresholds from it")
+    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--bench", default=None, help=f"default {gpu_default} with a GPU, else the CPU time_ methods")
+    p.add_argument("--machine", default=None)
+    p.add_argument("--quick", action="store_true", help="asv --quick: one sample per process (CPU: keep it short)")
+    sub.add_parser("thresholds", help="only rewrite asv.conf.json's thresholds from results/noise/*.json")
+    args = ap.parse_args(argv)
+    if args.what == "pack":
+        pack(args.commits)
+    elif args.what == "history":
+        history(args.commits, args.bundle, args.bench, args.machine, args.deadline_s)
+    elif args.what == "noise":
+        if args.runs < 2:
+            ap.error("--runs must be at least 2")
+        import torch
+
+        bench = args.bench or (gpu_default if torch.cuda.is_available() else r"^bench_.*\.time_")
+        noise(args.runs, bench, args.machine, args.quick)
+    else:
+        update_conf_thresholds()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

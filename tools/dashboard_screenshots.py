@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""Publish the dashboard (`asv publish`) and take headless-Chromium screenshots of its first views.
+
+    python tools/dashboard_screenshots.py [--out docs] [--config asv.conf.json]
+
+Writes docs/dashboard_gpu_pack.png (pack on the H100, x axis = shape: a bar per backend),
+docs/dashboard_gpu_routing_path.png (the GPU routing path: a series per backend and machine), docs/dashboard_training.png
+(a training metric: one series per router) and docs/dashboard_regressions.png. Each page but the first is
+opened as a user opens it: the benchmark's own URL with no parameters in it, so what is shown is
+asv's first view.
+Needs chromium (`apt-get install -y --no-install-recommends chromium`); uses tests/browser.py.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import browser  # noqa: E402  (tests/browser.py)
+
+from moe_routing_bench.suite import dashboard  # noqa: E402
+
+PAGES = {
+    # a view chosen by URL: bars per backend over the shapes, on the H100 (asv's x-axis control)
+    "dashboard_gpu_pack.png": "bench_pack.Pack.track_pack_us?x-axis=shape&machine=nvidia-h100-80gb-hbm3",
+    "dashboard_gpu_routing_path.png": "bench_routing.RoutingPath.track_routing_path_us",
+    "dashboard_training.png": "exported.Training.track_best_val_loss?x-axis=router&machine=nvidia-h100-80gb-hbm3",
+    "dashboard_regressions.png": "regressions",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "docs")
+    ap.add_argument("--config", type=Path, default=ROOT / "asv.conf.json")
+    ap.add_argument("--no-publish", action="store_true", help="use the html dir as it is")
+    args = ap.parse_args(argv)
+    html = dashboard.html_dir_of(args.config) if args.no_publish else dashboard.publish(args.config)
+    with dashboard.served(html) as url:
+        for name, page in PAGES.items():
+            browser.screenshot(f"{url}index.html#{page}", args.out / name, wait_ms=10000)
+            print(f"wrote {args.out / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
