@@ -29,7 +29,7 @@ from typing import Any
 
 import moe_routing_bench as mrb
 
-SEED_BACKEND_NAMES = {"torch_soft": "torch", "torch_hard": "torch", "torch": "torch"}
+SEED_BACKEND_NAMES = mrb.SEED_BACKEND_NAMES  # the seed's backend names (its --router values) -> ours
 RECIPE_FACTOR = "recipe"
 
 
