@@ -169,8 +169,10 @@ def load_checkpoint(folder: Path | str, device) -> dict | None:
             continue
         if problems:  # the latest was bad: keep it out of the next rotation
             bad = folder / CKPT_NAME
-            if bad.exists():
+            try:
                 os.replace(bad, bad.with_name(CKPT_NAME + ".corrupt"))
+            except FileNotFoundError:  # another rank of the same run moved it first
+                pass
             print(f"warning: resuming from the previous checkpoint {path} (step {int(state['step'])})",
                   file=sys.stderr, flush=True)
         return state
