@@ -216,3 +216,16 @@ def test_export_writes_clean_stories_atomically(tmp_path):
     # the exported file splits at a story boundary
     train, val = split_train_val(load_tokens(str(out)), 0.4)
     assert decode(val) == "Two é.\n"
+
+
+def test_eval_windows_with_stride():
+    """stride 1 (the older tool's evaluation): every start position; stride S: the default windows."""
+    val = encode(generate_stories(5, seed=2))
+    S = 8
+    ones = torch.cat([x for x, _ in eval_batches(val, 16, S, None, stride=1)])
+    assert ones.shape[0] == val.numel() - S
+    full = val.to(torch.int64)
+    assert all(torch.equal(ones[i], full[i:i + S]) for i in range(0, ones.shape[0], 37))
+    default = torch.cat([x for x, _ in eval_batches(val, 16, S, None)])
+    assert torch.equal(default, torch.cat([x for x, _ in eval_batches(val, 16, S, None, stride=S)]))
+    assert torch.equal(default, ones[::S][: default.shape[0]])

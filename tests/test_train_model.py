@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from moe_routing_bench.routing import metrics
 from moe_routing_bench.routing.layer import MoELayer
+from moe_routing_bench.routing.routers import expert_counts
 from train.model import STAT_NAMES, LossAndStats, ModelConfig, MoETransformer, routing_stats
 
 
@@ -28,7 +29,7 @@ def test_forward_shapes_and_aux():
     x, _ = batch()
     logits, aux = m(x)
     assert logits.shape == (3, 16, 256)
-    assert len(aux) == 2 and all(a.routing.num_tokens == 48 for a in aux)
+    assert len(aux) == 2 and all(len(g) == 1 and g[0].routing.num_tokens == 48 for g in aux)
     assert all(isinstance(b.ffn, MoELayer) for b in m.blocks)
 
 
@@ -36,7 +37,7 @@ def test_dense_baseline_has_equal_active_ffn_width():
     d = tiny("dense")
     assert [b.ffn.w1.out_features for b in d.blocks] == [2 * 2 * 32] * 2  # k * ffn_mult * dim
     logits, aux = d(batch()[0])
-    assert aux == [None, None] and logits.shape == (3, 16, 256)
+    assert aux == [[], []] and logits.shape == (3, 16, 256)
     moe = tiny("softk")
     # equal active FLOPs: the two models differ only by the router (D x E per layer)
     assert d.active_params() + 2 * 32 * 4 == pytest.approx(moe.active_params())
@@ -58,11 +59,11 @@ def test_hash_routes_by_token_id_not_position():
     x = torch.full((2, 16), 7)
     x[1, ::2] = 200
     _, aux = m(x)
-    ids = aux[0].routing.expert_ids_TK.view(2, 16, -1)
+    ids = aux[0][0].routing.expert_ids_TK.view(2, 16, -1)
     assert (ids[0] == ids[0, 0]).all()  # same token, every position: same experts
     assert (ids[1, 1::2] == ids[0, 0]).all()
     _, aux_shift = m(torch.roll(x, 1, dims=1))
-    assert torch.equal(aux_shift[0].routing.expert_ids_TK.view(2, 16, -1)[:, 1:], ids[:, :-1])
+    assert torch.equal(aux_shift[0][0].routing.expert_ids_TK.view(2, 16, -1)[:, 1:], ids[:, :-1])
 
 
 def _router_grads(router, alpha, beta, cf=None):
@@ -100,8 +101,9 @@ def test_every_expert_has_a_gradient_tensor(router, cf):
 def test_routing_stats_agree_with_metrics(router, cf):
     m = tiny(router, capacity_factor=cf)
     _, aux = m(batch()[0])
-    for a in aux:
+    for (a,) in aux:
         vec, counts = routing_stats(a)
+        assert torch.equal(counts, expert_counts(a.routing))  # pre-drop counts
         st = dict(zip(STAT_NAMES, vec.tolist()))
         d = metrics.drop_rates(a.plan.kept_TK, a.routing.valid_TK)
         ls = metrics.load_stats(counts)
@@ -122,7 +124,7 @@ def test_loss_and_stats_adds_scaled_aux_losses():
     loss, ce, stats, counts = LossAndStats(m, 0.1, 0.01)(x, y)
     logits, aux = m(x)
     ref_ce = F.cross_entropy(logits.view(-1, 256), y.view(-1))
-    ref = ref_ce + sum(0.1 * a.balance_loss + 0.01 * a.z_loss for a in aux)
+    ref = ref_ce + sum(0.1 * a.balance_loss + 0.01 * a.z_loss for (a,) in aux)
     assert float(ce) == pytest.approx(float(ref_ce), rel=1e-5)
     assert float(loss) == pytest.approx(float(ref), rel=1e-5)
     assert stats.shape == (2, len(STAT_NAMES)) and counts.shape == (2, 4)
@@ -142,3 +144,49 @@ def test_causal_routers_do_not_see_the_future_expert_choice_does():
             b, _ = m(x2)
         same_past = torch.allclose(a[0, :8], b[0, :8], atol=1e-5)
         assert same_past != leaks_allowed  # expert-choice: the future changed the past's logits
+
+
+@pytest.mark.parametrize("router", ["softk", "expert-choice", "top1"])
+def test_capacity_groups_route_each_group_alone(router):
+    """capacity_group_tokens G: the layer sees T/G separate batches of G tokens (capacity per group)."""
+    m = tiny(router, capacity_factor=1.0, capacity_group_tokens=16, layers=1)
+    x, y = batch(B=3)
+    _, aux = m(x)
+    assert len(aux[0]) == 3 and all(a.routing.num_tokens == 16 for a in aux[0])
+    assert all(a.plan.capacity == m.blocks[0].ffn.capacity(16) for a in aux[0])
+    # the same as calling the layer on each group's activations by hand
+    block, layer = m.blocks[0], m.blocks[0].ffn
+    x_BSH = m.drop(m.tok_emb(x) + m.pos_emb(torch.arange(16)))
+    x_BSH = x_BSH + block.drop(block.attn(block.ln1(x_BSH)))
+    h_TH = block.ln2(x_BSH).reshape(48, -1)
+    for g, a in enumerate(aux[0]):
+        _, ref = layer(h_TH[16 * g:16 * (g + 1)], x.reshape(-1)[16 * g:16 * (g + 1)])
+        assert torch.equal(a.routing.expert_ids_TK, ref.routing.expert_ids_TK)
+        assert torch.equal(a.plan.kept_TK, ref.plan.kept_TK)
+    whole = tiny(router, capacity_factor=1.0, layers=1)
+    assert whole.blocks[0].ffn.capacity(48) != layer.capacity(16)
+    loss, _, stats, counts = LossAndStats(m, 1e-2, 1e-3)(x, y)
+    assert stats.shape == (1, len(STAT_NAMES)) and int(counts.sum()) == sum(int(a.plan.counts_E.sum()) for a in aux[0])
+
+
+def test_a_batch_that_is_not_a_multiple_of_the_group_ends_with_a_shorter_group():
+    m = tiny("softk", capacity_factor=1.0, capacity_group_tokens=20, layers=1)
+    _, aux = m(batch()[0])  # 48 tokens: groups of 20, 20, 8
+    assert [a.routing.num_tokens for a in aux[0]] == [20, 20, 8]
+    assert [a.plan.capacity for a in aux[0]] == [m.blocks[0].ffn.capacity(n) for n in (20, 20, 8)]
+
+
+def test_mha_attention_is_causal_with_biases():
+    m = tiny("softk", attention="mha").eval()
+    mha = m.blocks[0].attn.mha
+    assert mha.in_proj_bias is not None and mha.out_proj.bias is not None
+    x, _ = batch(B=1)
+    x2 = x.clone()
+    x2[0, 8:] = (x2[0, 8:] + 1) % 256
+    with torch.no_grad():
+        a, _ = m(x)
+        b, _ = m(x2)
+    assert torch.allclose(a[0, :8], b[0, :8], atol=1e-5) and not torch.allclose(a[0, 8:], b[0, 8:])
+    sdpa = tiny("softk")
+    n_mha = sum(p.numel() for p in m.parameters())
+    assert n_mha - sum(p.numel() for p in sdpa.parameters()) == 2 * (3 * 32 + 32)  # the biases, per layer

@@ -23,33 +23,34 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from train import train as T  # noqa: E402
+from train.config import parse_train_args  # noqa: E402
+from train.trainer import Trainer, setup_distributed, sync  # noqa: E402
 
 
 def profile_router(router: str, train_argv: list[str], warmup: int, steps: int, profile_steps: int) -> dict:
-    args, _ = T.normalize_args(T.build_parser().parse_args(["--bench", *train_argv, "--router", router]))
-    ctx = T.setup_distributed(args)
-    run = T.Run(args, ctx)
+    cfg, _ = parse_train_args(["--bench", *train_argv, "--router", router])
+    ctx = setup_distributed(cfg.run.device, cfg.run.distributed, cfg.run.dist_backend)
+    run = Trainer(cfg, ctx)
     for _ in range(warmup):
         run.train_step()
-    T._sync(ctx.device)
+    sync(ctx.device)
     t0 = time.perf_counter()
     for _ in range(steps):
         run.train_step()
     host_issue = time.perf_counter() - t0  # time to issue `steps` steps (the host may run ahead)
-    T._sync(ctx.device)
+    sync(ctx.device)
     wall = time.perf_counter() - t0
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(profile_steps):
             run.train_step()
-        T._sync(ctx.device)
+        sync(ctx.device)
     events = prof.key_averages()
     kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
     kernel_us = sum(e.self_device_time_total for e in kernels)
     launches = sum(e.count for e in kernels)
     busiest = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:25]
     rec = {
-        "router": router, "top_k": run.cfg.top_k, "tokens_per_step": run.tokens_per_step,
+        "router": router, "top_k": run.model_cfg.top_k, "tokens_per_step": run.tokens_per_step,
         "wall_ms_per_step": 1e3 * wall / steps, "host_issue_ms_per_step": 1e3 * host_issue / steps,
         "tokens_per_s": run.tokens_per_step * steps / wall,
         "kernel_ms_per_step": kernel_us / 1e3 / profile_steps, "kernels_per_step": launches / profile_steps,

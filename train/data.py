@@ -258,30 +258,35 @@ def get_batch(data_T: torch.Tensor, batch_size: int, seq_len: int, generator: to
     return _windows(data_T, starts[rank * batch_size : (rank + 1) * batch_size], seq_len, device)
 
 
-def num_eval_windows(n_tokens: int, seq_len: int, batch_size: int, max_batches: int | None) -> int:
-    """Windows ``eval_batches`` uses over all ranks: min((T-1)//S, max_batches*B)."""
-    n = max(n_tokens - 1, 0) // seq_len
+def num_eval_windows(n_tokens: int, seq_len: int, batch_size: int, max_batches: int | None,
+                     stride: int | None = None) -> int:
+    """Windows ``eval_batches`` uses over all ranks: every window start s = i*stride with
+    s + S + 1 <= T, at most max_batches*B of them (stride None: S, giving (T-1)//S windows)."""
+    stride = stride or seq_len
+    n = (n_tokens - seq_len - 1) // stride + 1 if n_tokens > seq_len else 0
     return n if max_batches is None else min(n, max_batches * batch_size)
 
 
 def eval_batches(val_T: torch.Tensor, batch_size: int, seq_len: int, max_batches: int | None,
-                 device: str | torch.device = "cpu", *, rank: int = 0, world_size: int = 1
-                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                 device: str | torch.device = "cpu", *, rank: int = 0, world_size: int = 1,
+                 stride: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Deterministic validation batches (x_BS, y_BS), int64, no randomness.
 
-    Window i covers val[i*S : i*S+S+1] (stride S: windows do not overlap and each
-    target token is scored once). The windows used are the first
-    ``num_eval_windows(...)`` = min((T-1)//S, max_batches*batch_size), the same set
-    for any world size; rank r takes windows r, r+W, r+2W, ... in batches of
-    ``batch_size`` (the last one may be smaller), so each rank yields at most
-    ``max_batches`` batches. ``max_batches=None`` uses every window. Average the loss
+    Window i covers val[i*stride : i*stride+S+1]. The default stride S gives non-overlapping
+    windows, each target token scored once; stride 1 scores every target at every context length
+    (the older tool's evaluation). Both average the loss uniformly over the S positions of a
+    window, so they estimate the same quantity; stride S at 1/S of the cost. The windows used are
+    the first ``num_eval_windows(...)``, the same set for any world size; rank r takes windows r,
+    r+W, r+2W, ... in batches of ``batch_size`` (the last one may be smaller), so each rank yields
+    at most ``max_batches`` batches. ``max_batches=None`` uses every window. Average the loss
     weighted by tokens (sum over ranks) to get the val loss.
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world_size {world_size}")
-    n_win = num_eval_windows(val_T.numel(), seq_len, batch_size, max_batches)
+    stride = stride or seq_len
+    n_win = num_eval_windows(val_T.numel(), seq_len, batch_size, max_batches, stride)
     if n_win == 0:
         raise ValueError(f"validation text of {val_T.numel()} tokens is too short for seq_len={seq_len}")
-    starts = torch.arange(rank, n_win, world_size) * seq_len
+    starts = torch.arange(rank, n_win, world_size) * stride
     for i in range(0, starts.numel(), batch_size):
         yield _windows(val_T, starts[i : i + batch_size], seq_len, device)

@@ -64,13 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="train", choices=[*SPLITS, "test"],
                    help="dataset split (default train). 'test' is accepted for compatibility with the "
                         "old tool but the dataset has only train and validation")
-    p.add_argument("--out", default="tinystories_train.txt", help="output text file (parent dirs are created)")
+    p.add_argument("--out", default=None, help="output text file, parent folders created (default: "
+                   "data/tinystories_SPLIT.txt; data/ is git-ignored)")
     p.add_argument("--limit", type=int, default=None, help="export at most this many stories (default: all)")
     args = p.parse_args(argv)
     if args.split not in SPLITS:
         fail(f"TinyStories has no '{args.split}' split; only train and validation exist")
     if args.limit is not None and args.limit < 0:
         fail(f"--limit must be >= 0, got {args.limit}")
+    args.out = args.out or f"data/tinystories_{args.split}.txt"
 
     try:
         from datasets import load_dataset

@@ -37,12 +37,12 @@ if [ "$MODE" = validate ]; then
   cp $W/bench_*.json $OUT/ 2>/dev/null
   grep -h "\[bench\]" $W/bench_*.log
   tail -n 3 $W/bench_*.log | grep -i -E "error|Traceback" && tail -n 30 $W/bench_*.log
-  # every router on the GPU, compiled: killed at step 60 (after its checkpoint), then resumed by a rerun
+  # every router on the GPU, compiled: the sweep stopped (SIGTERM ends its runs) after 150 s, then resumed by a rerun
   S="--data $DATA --seq-len 256 --batch-per-gpu 64 --dim 256 --layers 4 --heads 4 --num-experts-list 8 \
      --router-list $ROUTERS --topk-list 2 --capacity-factors 1.25 --seeds 17 --max-steps 120 --eval-interval 30 \
      --log-interval 10 --lr 1e-3 --warmup-steps 30 --compile --runs-per-gpu 6 --outdir-root $W/smoke --keep-checkpoints"
-  timeout 240 $PY train/sweep.py $S --train-args "--simulate-kill-after 60"
-  stamp "killed pass rc=$?"
+  timeout -s TERM 150 $PY train/sweep.py $S
+  stamp "stopped pass rc=$?"
   timeout 200 $PY train/sweep.py $S
   stamp "resumed pass rc=$?"
   grep -h "resumed\|Traceback\|Error" $W/smoke/*/stdout.log | sort | uniq -c | head -20
@@ -73,9 +73,9 @@ json.dump(rec, open("/tmp/w/scaling.json", "w"), indent=2)
 print("scaling efficiency", round(eff, 4), json.dumps({k: v for k, v in rec.items() if k not in ("one_gpu", "two_gpu")}))
 EOF2
   cp $W/scaling.json $OUT/ 2>/dev/null
-  # a compiled GPU run killed after its step-50 checkpoint, then resumed (alongside the sweep)
+  # a compiled GPU run SIGKILLed after 90 s (past its first checkpoints), then resumed (alongside the sweep)
   R="--compile $M --batch-size 64 --router aux-free --capacity-factor 1.25 --max-steps 100 --eval-interval 25 --outdir $W/resume"
-  (CUDA_VISIBLE_DEVICES=1 $PY train/train.py $R --simulate-kill-after 50; echo "killed rc=$?"; \
+  (CUDA_VISIBLE_DEVICES=1 timeout -s KILL 90 $PY train/train.py $R; echo "killed rc=$?"; \
    CUDA_VISIBLE_DEVICES=1 $PY train/train.py $R; echo "resumed rc=$?") > $W/resume.log 2>&1 &
   # (b) the sweep: 6 routers x cf {1.0, 1.25} x 3 seeds, runs placed on both GPUs, RPG per GPU
   timeout 320 $PY train/sweep.py --data $DATA --seq-len 256 --batch-per-gpu 64 --dim 256 --layers 4 --heads 4 \
@@ -150,10 +150,10 @@ if [ "$MODE" = graphs ]; then
   grep -h "\[bench\]" $W/g_*.log
   grep -l -E "Traceback|Error" $W/g_*.log && grep -h -B2 -A3 -E "Error" $W/g_*.log | tail -n 20
   for f in $W/g_*.json; do $PY -c "import json; print(json.dumps(json.load(open('$f'))))" >> $OUT/bench_graphs.jsonl; done
-  # the training loop (eval, logging, checkpoints) under CUDA graphs: killed after step 40, resumed to 80
+  # the training loop (eval, logging, checkpoints) under CUDA graphs: SIGKILLed after 90 s, resumed to 80
   R="--compile --compile-mode reduce-overhead $M --batch-size 64 --router aux-free --capacity-factor 1.25 \
      --max-steps 80 --eval-interval 20 --eval-batches 10 --outdir $W/graphs_run"
-  timeout 200 $PY train/train.py $R --simulate-kill-after 40 > $W/graphs_run.log 2>&1; echo "killed rc=$?" >> $W/graphs_run.log
+  timeout -s KILL 90 $PY train/train.py $R > $W/graphs_run.log 2>&1; echo "killed rc=$?" >> $W/graphs_run.log
   timeout 200 $PY train/train.py $R >> $W/graphs_run.log 2>&1; echo "resumed rc=$?" >> $W/graphs_run.log
   tail -n 6 $W/graphs_run.log
   tar czf $OUT/graphs_logs.tar.gz -C $W --exclude='*.pt' $(cd $W; ls g_*.log) graphs_run.log graphs_run

@@ -5,8 +5,8 @@ E experts, L layers.
 
 Block (pre-norm)::
 
-    x = x + Drop(Attn(LN1(x)))          # causal, F.scaled_dot_product_attention
-    x = x + Drop(FFN(LN2(x)))           # FFN = moe_routing_bench.layer.MoELayer, or dense
+    x = x + Drop(Attn(LN1(x)))          # causal: F.scaled_dot_product_attention, or nn.MultiheadAttention
+    x = x + Drop(FFN(LN2(x)))           # FFN = moe_routing_bench.MoELayer, or dense
 
 The FFN of every block is the core ``MoELayer`` (any router, any backend) applied to the
 flattened [T, H] activations, with the token ids flattened alongside so ``hash`` routing keys on
@@ -14,26 +14,29 @@ the token id (not the position). ``router="dense"`` gives the baseline of equal 
 one GELU MLP of width ``k * ffn_mult * dim`` (an MoE token runs k experts of width
 ``ffn_mult * dim``).
 
-``MoETransformer.forward(idx_BS)`` returns ``(logits_BSV, aux_list)``, one ``MoEAux`` per block
-(None for a dense block). ``LossAndStats`` wraps a model into the training step's forward: the
+With ``capacity_group_tokens`` G the [T, H] activations are routed in T/G groups of G consecutive
+tokens, each its own call of the layer (capacity, expert-choice and position keys per group), as
+the older tool's ranks each routed their own 8192 tokens.
+
+``MoETransformer.forward(idx_BS)`` returns ``(logits_BSV, aux_per_layer)``: per block a list of
+``MoEAux``, one per capacity group ([] for a dense block). ``LossAndStats`` wraps a model into the training step's forward: the
 LM loss plus the balance and z losses, and the routing statistics as tensors (no host sync), so the
 whole step can be compiled (``torch.compile``) and wrapped in DDP.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moe_routing_bench.routing import metrics
-from moe_routing_bench.routing import routers
-from moe_routing_bench import MoEAux, MoEConfig, MoELayer
+import moe_routing_bench as mrb
+from moe_routing_bench import MoEAux, MoEConfig, MoELayer, metrics
 
 DENSE = "dense"
-ROUTERS = routers.STRATEGIES + (DENSE,)
+ROUTERS = mrb.STRATEGIES + (DENSE,)
 
 # Per-layer routing statistics returned by LossAndStats, in this column order.
 STAT_NAMES = (
@@ -73,13 +76,21 @@ class ModelConfig:
     temperature: float = 1.0
     jitter_eps: float = 0.0
     tie_head: bool = False
+    attention: str = "sdpa"        # "sdpa" (no biases) | "mha" (nn.MultiheadAttention with biases)
+    capacity_group_tokens: int | None = None  # route each group of this many tokens separately
+    seed_semantics: tuple[str, ...] = ()  # the older tool's routing factors (moe_routing_bench.SEED_FACTORS)
+    router_bias: bool = False
+    router_init_std: float | None = None
 
     def __post_init__(self):
-        self.router = self.router if self.router == DENSE else routers.canonical_strategy(self.router)
+        self.router = self.router if self.router == DENSE else mrb.canonical_strategy(self.router)
         if self.router == "top1":
             self.top_k = 1
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not a multiple of heads {self.heads}")
+        if self.attention not in ("sdpa", "mha"):
+            raise ValueError(f"attention must be 'sdpa' or 'mha', got {self.attention!r}")
+        self.seed_semantics = tuple(self.seed_semantics)
 
     @property
     def is_moe(self) -> bool:
@@ -119,6 +130,28 @@ class CausalSelfAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, S, H))
 
 
+class MultiheadSelfAttention(nn.Module):
+    """Causal ``nn.MultiheadAttention`` with biases and PyTorch's own init (the older tool's block)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.mha = nn.MultiheadAttention(cfg.dim, cfg.heads, dropout=cfg.dropout, bias=True, batch_first=True)
+
+    def forward(self, x_BSH: torch.Tensor) -> torch.Tensor:
+        S = x_BSH.shape[1]
+        mask_SS = torch.ones(S, S, dtype=torch.bool, device=x_BSH.device).triu(1)  # True = not attended
+        return self.mha(x_BSH, x_BSH, x_BSH, attn_mask=mask_SS, is_causal=True, need_weights=False)[0]
+
+
+def moe_config(cfg: ModelConfig) -> MoEConfig:
+    """The MoE layer's config: sizes, router, capacity, and the older tool's semantics."""
+    return MoEConfig(cfg.dim, cfg.expert_dim, cfg.num_experts, cfg.top_k, strategy=cfg.router,
+                     backend=cfg.backend, capacity_factor=cfg.capacity_factor, drop_policy=cfg.drop_policy,
+                     renormalize_kept=cfg.renorm_after_drop, temperature=cfg.temperature,
+                     jitter_eps=cfg.jitter_eps, seed_semantics=cfg.seed_semantics, router_bias=cfg.router_bias,
+                     router_init_std=cfg.router_init_std)
+
+
 class DenseFFN(nn.Module):
     """GELU MLP of width k*ffn_mult*dim: the dense baseline of equal active FLOPs."""
 
@@ -137,27 +170,25 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.ln1 = nn.LayerNorm(cfg.dim)
-        self.attn = CausalSelfAttention(cfg)
+        self.attn = MultiheadSelfAttention(cfg) if cfg.attention == "mha" else CausalSelfAttention(cfg)
         self.ln2 = nn.LayerNorm(cfg.dim)
-        if cfg.is_moe:
-            self.ffn = MoELayer(MoEConfig(
-                cfg.dim, cfg.expert_dim, cfg.num_experts, cfg.top_k, strategy=cfg.router,
-                backend=cfg.backend, capacity_factor=cfg.capacity_factor, drop_policy=cfg.drop_policy,
-                renormalize_kept=cfg.renorm_after_drop, temperature=cfg.temperature,
-                jitter_eps=cfg.jitter_eps))
-        else:
-            self.ffn = DenseFFN(cfg.dim, cfg.dense_dim)
+        self.ffn = MoELayer(moe_config(cfg)) if cfg.is_moe else DenseFFN(cfg.dim, cfg.dense_dim)
+        self.group_tokens = cfg.capacity_group_tokens
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x_BSH: torch.Tensor, ids_T: torch.Tensor) -> tuple[torch.Tensor, MoEAux | None]:
+    def forward(self, x_BSH: torch.Tensor, ids_T: torch.Tensor) -> tuple[torch.Tensor, list[MoEAux]]:
+        """Returns the block output and one ``MoEAux`` per capacity group ([] for a dense FFN)."""
         B, S, H = x_BSH.shape
         x_BSH = x_BSH + self.drop(self.attn(self.ln1(x_BSH)))
         h_TH = self.ln2(x_BSH).reshape(B * S, H)
-        if isinstance(self.ffn, MoELayer):
-            y_TH, aux = self.ffn(h_TH, ids_T)
-        else:
-            y_TH, aux = self.ffn(h_TH), None
-        return x_BSH + self.drop(y_TH.view(B, S, H)), aux
+        if not isinstance(self.ffn, MoELayer):
+            return x_BSH + self.drop(self.ffn(h_TH).view(B, S, H)), []
+        # each group is routed on its own (capacity, expert-choice and hash positions per group), as
+        # the older tool's ranks each routed their own batch; a batch that is not a multiple of the
+        # group (the last evaluation batch) ends with a shorter group
+        G = self.group_tokens or B * S
+        outs, auxs = zip(*(self.ffn(h_GH, ids_G) for h_GH, ids_G in zip(h_TH.split(G), ids_T.split(G))))
+        return x_BSH + self.drop(torch.cat(outs).view(B, S, H)), list(auxs)
 
 
 class MoETransformer(nn.Module):
@@ -180,7 +211,7 @@ class MoETransformer(nn.Module):
         """nanoGPT init for attention, embeddings and head (std 0.02, residual projections scaled
         by 1/sqrt(2L)); the MoE layer and the dense FFN keep their own init."""
         for name, p in self.named_parameters():
-            if ".ffn." in name or p.dim() < 2:
+            if ".ffn." in name or ".attn.mha." in name or p.dim() < 2:
                 continue
             std = 0.02 / math.sqrt(2 * self.cfg.layers) if name.endswith("attn.proj.weight") else 0.02
             nn.init.normal_(p, mean=0.0, std=std)
@@ -189,18 +220,19 @@ class MoETransformer(nn.Module):
     def moe_layers(self) -> list[MoELayer]:
         return [b.ffn for b in self.blocks if isinstance(b.ffn, MoELayer)]
 
-    def forward(self, idx_BS: torch.Tensor) -> tuple[torch.Tensor, list[MoEAux | None]]:
+    def forward(self, idx_BS: torch.Tensor) -> tuple[torch.Tensor, list[list[MoEAux]]]:
+        """Logits [B, S, V] and, per block, its ``MoEAux`` per capacity group ([] when dense)."""
         B, S = idx_BS.shape
         if S > self.cfg.seq_len:
             raise ValueError(f"sequence of {S} tokens is longer than the model's seq_len {self.cfg.seq_len}")
         pos = torch.arange(S, device=idx_BS.device)
         x = self.drop(self.tok_emb(idx_BS) + self.pos_emb(pos))
         ids_T = idx_BS.reshape(B * S)
-        aux_list = []
+        aux_per_layer = []
         for block in self.blocks:
-            x, aux = block(x, ids_T)
-            aux_list.append(aux)
-        return self.head(self.ln_f(x)), aux_list
+            x, auxs = block(x, ids_T)
+            aux_per_layer.append(auxs)
+        return self.head(self.ln_f(x)), aux_per_layer
 
     # ------------------------------------------------------------------------- FLOPs
     def active_params(self) -> float:
@@ -244,7 +276,7 @@ def routing_stats(aux: MoEAux) -> tuple[torch.Tensor, torch.Tensor]:
     drops = metrics.drop_rate_tensors(plan.kept_TK, routing.valid_TK)
     routed = torch.ones_like(plan.kept_TK[:, 0]) if routing.valid_TK is None else routing.valid_TK.any(-1)
     unrouted = 1.0 - routed.float().mean()
-    counts = routers.expert_counts(routing)
+    counts = plan.counts_E.to(torch.int64)  # pre-drop assignments per expert
     load = metrics.load_stat_tensors(counts)
     entropy = metrics.gate_entropy(routing.probs_TE)
     vec = torch.stack([aux.balance_loss.detach().float(), aux.z_loss.detach().float(), drops["avg_drop_rate"],
@@ -286,17 +318,20 @@ class LossAndStats(nn.Module):
         self.beta = float(beta)
 
     def forward(self, x_BS: torch.Tensor, y_BS: torch.Tensor):
-        logits, aux_list = self.model(x_BS)
+        logits, aux_per_layer = self.model(x_BS)
         ce = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y_BS.reshape(-1))
         loss = ce
         rows, counts = [], []
-        for aux in aux_list:
-            if aux is None:
+        for groups in aux_per_layer:
+            if not groups:
                 continue
-            loss = loss + self.alpha * aux.balance_loss + self.beta * aux.z_loss
-            vec, cnt = routing_stats(aux)
-            rows.append(vec)
-            counts.append(cnt)
+            # a layer routed in G capacity groups: losses and statistics are the groups' means,
+            # counts their sum
+            for aux in groups:
+                loss = loss + (self.alpha * aux.balance_loss + self.beta * aux.z_loss) / len(groups)
+            vecs, cnts = zip(*(routing_stats(aux) for aux in groups))
+            rows.append(torch.stack(vecs).mean(0))
+            counts.append(torch.stack(cnts).sum(0))
         device = logits.device
         if rows:
             stats, counts_LE = torch.stack(rows), torch.stack(counts)

@@ -1,33 +1,45 @@
-"""Routing sweep: routers x experts x top-k x capacity factor x seeds, one training run each.
+"""Routing sweep: routers x experts x top-k x capacity factor x seeds (x attribution flips), one
+training run each.
 
-    python train/sweep.py --data data/tinystories_val.txt --router-list top1,softk --seeds 17,18,19 ...
-    torchrun --standalone --nproc_per_node=4 train/sweep.py ...      # each run one DDP job on all ranks
+    torchrun train/sweep.py                       # a sweep sized for this machine (--preset auto)
+    python train/sweep.py --preset seed --data ../shared/data/tinystories_val.txt   # the older tool's grid
+    torchrun --standalone --nproc_per_node=4 train/sweep.py ...   # each run one DDP job on all ranks
+
+Every train.py flag applies to every run (the same flags, generated from train/config.py), except
+those the grid sets per run: --router, --num-experts, --top-k, --capacity-factor, --seed, --outdir.
 
 Each grid point trains in its own folder ``OUTDIR_ROOT/R{router}_E{E}_K{k}_CF{cf}_S{seed}`` (router
-without '-'; top1 only at k=1; dense only once per E and k, its capacity factor 'none'). A run whose
-``train_log.jsonl`` ends with the done record of the same --max-steps is skipped, so a killed sweep
-resumes; a half-finished run resumes from its checkpoint. A failed run is recorded in
-``sweep_status.json`` and the sweep goes on; the exit status is 1 if any run failed. A summary
+without '-'; top1 only at k=1; dense once per E and k, its capacity factor 'none'; attribution runs
+end in ``_no-{factor}``). A run whose log ends with the done record of the same --max-steps is
+skipped, so a stopped sweep resumes; a half-finished run resumes from its checkpoint. One sweep
+owns OUTDIR_ROOT (a lock) and each run owns its folder, so a rerun never starts a second writer.
+A failed run is recorded in ``sweep_status.json`` and the sweep goes on. A summary
 (``train/summarize.py``) is written at the end.
 
 Placement:
 - under ``torchrun`` (WORLD_SIZE > 1): every grid point is one DDP job across all ranks, trained
-  in-process (``train.train``), one after the other;
-- plain ``python`` with CUDA GPUs: runs are subprocesses, ``--runs-per-gpu`` at a time on each GPU
-  (small models leave a GPU mostly idle); with ``--nproc-per-node N > 1`` each run is a
-  ``torchrun`` DDP job on N GPUs and GPUs // N such jobs run side by side;
-- CPU: one run after another, in this process (``--subprocess``: each in its own process).
+  in this process, one after the other;
+- plain ``python`` with CUDA GPUs: runs are subprocesses (each its own process group, ended when
+  the sweep is stopped by Ctrl-C or SIGTERM), ``--runs-per-gpu`` at a time on each GPU; with
+  ``--nproc-per-node N > 1`` each run is a ``torchrun`` DDP job on N GPUs;
+- CPU: one run after another in this process (``--subprocess``: each in its own process).
+
+Exit status: 0 when every run finished, 1 when a run failed, 2 for a bad command line or missing
+data. Under torchrun it is 0 whenever the sweep itself ran (torchrun prints a traceback wall for
+any other); the last lines and ``sweep_status.json`` name the failures.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,57 +49,62 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "train"]
 sys.path.insert(0, str(ROOT))
 
-from moe_routing_bench.harness.records import write_atomic  # noqa: E402
+import moe_routing_bench as mrb  # noqa: E402
+from train import config as C  # noqa: E402
+from train.checkpoint import LOG_NAME, RunLock  # noqa: E402
 
 TRAIN = ROOT / "train" / "train.py"
 STATUS_NAME = "sweep_status.json"
+PROG = "sweep.py"
+PER_POINT = frozenset({"router", "strategy", "num_experts", "top_k", "capacity_factor", "seed", "outdir"})
+# routers whose computation an older-tool factor changes (a factor not listed changes every router)
+AFFECTS = {"top1_gate": {"top1"}, "topk_hard_weights": {"topk-hard"}, "hash_key": {"hash"},
+           "expert_choice": {"expert-choice"}}
+
+
+@dataclass
+class SweepOptions:
+    """The grid and where its runs go."""
+    router_list: str = C.opt("softk", "routers: top1, topk-hard, softk, hash, expert-choice, aux-free, dense")
+    num_experts_list: str = C.opt("8", "comma list of expert counts")
+    topk_list: str = C.opt("2", "comma list of k (top1 always runs at k=1)")
+    capacity_factors: str = C.opt("1.25", "comma list; 'none' = dropless")
+    seeds: str = C.opt("17", "comma list of seeds")
+    flip_list: str = C.opt("", "attribution: for each factor of --seed-semantics named here, also run the "
+                           "base semantics without it, for the routers the factor affects")
+    outdir_root: str = C.opt("runs/routing_sweep", "folder of the run folders (runs/ is git-ignored)")
+    nproc_per_node: int | None = C.opt(None, "GPUs per run under plain python (default 1: runs placed one per "
+                                       "GPU, in parallel); under torchrun the world size", type=C.optional_int)
+    runs_per_gpu: int = C.opt(1, "concurrent runs per GPU (plain python)")
+    subprocess: bool = C.opt(False, "on CPU, run each grid point in its own process")
+    keep_checkpoints: bool = C.opt(False, "keep each finished run's checkpoints")
+    summary_out: str | None = C.opt(None, "summary CSV (default OUTDIR_ROOT/summary.csv)", type=str)
+    dry_run: bool = C.opt(False, "print the grid and the commands, run nothing")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = C.train_parser(__doc__.split("\n\n")[0].replace("\n", " "), preset_default="auto", bench=False,
+                       exclude=PER_POINT, prog=PROG, epilog=__doc__.split("\n\n", 1)[1])
+    C.add_flags(p.add_argument_group(f"sweep ({SweepOptions.__doc__.rstrip('.')})"), SweepOptions)
+    return p
+
+
+def parse(argv: list[str] | None, semantics: str | None = None) -> tuple[SweepOptions, C.TrainConfig]:
+    """The sweep's options and the base TrainConfig of its runs (``semantics`` overrides
+    --seed-semantics: the base of an attribution flip)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if semantics is not None:
+        argv += ["--seed-semantics", semantics]
+    parser = build_parser()
+    preset = C.apply_presets(parser, argv, "auto")
+    ns = parser.parse_args(argv)
+    opts = SweepOptions(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(SweepOptions)})
+    cfg, _ = C.normalize(C.config_from_namespace(ns, preset))
+    return opts, cfg
 
 
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in str(text).split(",") if t.strip()]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Grid of MoE training runs (routers x E x k x cf x seeds).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default=None, help="training text (its tail is held out); None: generated stories")
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--batch-per-gpu", type=int, default=128, help="sequences per rank per step")
-    p.add_argument("--dim", type=int, default=256)
-    p.add_argument("--layers", type=int, default=12)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--ffn-mult", type=int, default=4)
-    p.add_argument("--num-experts-list", default="64,128")
-    p.add_argument("--router-list", default="top1,topk-hard,softk",
-                   help="strategies (top1, topk-hard, softk, hash, expert-choice, aux-free, dense)")
-    p.add_argument("--topk-list", default="1,2,4")
-    p.add_argument("--capacity-factors", default="1.0,1.25,1.5", help="comma list; 'none' = dropless")
-    p.add_argument("--seeds", default="17,18,19")
-    p.add_argument("--dtype", default="bf16")
-    p.add_argument("--lr", type=float, default=1.2e-3)
-    p.add_argument("--warmup-steps", type=int, default=50)
-    p.add_argument("--max-steps", type=int, default=1000)
-    p.add_argument("--eval-interval", type=int, default=200)
-    p.add_argument("--log-interval", type=int, default=0, help="steps per log record (0: = eval interval)")
-    p.add_argument("--eval-batches", type=int, default=20)
-    p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--num-workers", type=int, default=2, help="accepted, unused (see train.py --help)")
-    p.add_argument("--outdir-root", default="runs/routing_sweep")
-    p.add_argument("--nproc-per-node", type=int, default=None,
-                   help="GPUs per run. Default 1 under plain python (runs placed one per GPU, in parallel; the "
-                        "seed's default of all visible GPUs per run left small models idle), the world size under torchrun")
-    p.add_argument("--runs-per-gpu", type=int, default=1, help="concurrent runs per GPU (plain python)")
-    p.add_argument("--backend", default="torch", help="routing backend for every run")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
-    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
-    p.add_argument("--subprocess", action="store_true", help="on CPU, run each grid point in its own process")
-    p.add_argument("--keep-checkpoints", action="store_true", help="keep each finished run's ckpt.pt")
-    p.add_argument("--train-args", default="", help="extra train.py flags for every run (one quoted string)")
-    p.add_argument("--summary-out", default=None, help="summary CSV (default OUTDIR_ROOT/summary.csv)")
-    p.add_argument("--dry-run", action="store_true", help="print the grid and the commands, run nothing")
-    return p
 
 
 @dataclass(frozen=True)
@@ -97,10 +114,12 @@ class Point:
     top_k: int
     cf: str  # as typed: "1.0", "1.25", "none"
     seed: int
+    flip: str | None = None  # an older-tool factor switched off (attribution)
 
     @property
     def tag(self) -> str:
-        return f"R{self.router.replace('-', '')}_E{self.num_experts}_K{self.top_k}_CF{self.cf}_S{self.seed}"
+        tag = f"R{self.router.replace('-', '')}_E{self.num_experts}_K{self.top_k}_CF{self.cf}_S{self.seed}"
+        return tag + (f"_no-{self.flip}" if self.flip else "")
 
 
 def _same_cf(a: str, b: str) -> bool:
@@ -110,19 +129,26 @@ def _same_cf(a: str, b: str) -> bool:
         return a == b
 
 
-def grid(args) -> list[Point]:
-    from moe_routing_bench.routing.routers import canonical_strategy
-
+def grid(opts: SweepOptions, base_semantics: tuple[str, ...] = ()) -> list[Point]:
     routers = []
-    for r in _csv(args.router_list):
-        name = "dense" if r.strip().lower() == "dense" else canonical_strategy(r)
+    for r in _csv(opts.router_list):
+        name = "dense" if r.strip().lower() == "dense" else mrb.canonical_strategy(r)
         if name not in routers:
             routers.append(name)
-    cfs = ["none" if c.lower() in ("none", "null", "dropless") else c for c in _csv(args.capacity_factors)]
+    cfs = ["none" if c.lower() in ("none", "null", "dropless") else c for c in _csv(opts.capacity_factors)]
+    for c in cfs:
+        if c != "none":
+            C.capacity_factor_arg(c)
+    flips = [f.replace("-", "_") for f in _csv(opts.flip_list)]
+    for f in flips:
+        if f not in base_semantics:
+            raise mrb.ConfigError(f"--flip-list {f}: not a factor of --seed-semantics ({', '.join(base_semantics) or 'none'})")
+    if not routers or not cfs or not _csv(opts.seeds) or not _csv(opts.num_experts_list):
+        raise mrb.ConfigError("empty grid: --router-list, --num-experts-list, --capacity-factors and --seeds need values")
     points = []
-    for E in [int(e) for e in _csv(args.num_experts_list)]:
+    for E in [int(e) for e in _csv(opts.num_experts_list)]:
         for router in routers:
-            ks = [1] if router == "top1" else [int(k) for k in _csv(args.topk_list)]
+            ks = [1] if router == "top1" else [int(k) for k in _csv(opts.topk_list)]
             for k in ks:
                 if k > E:
                     continue
@@ -131,54 +157,38 @@ def grid(args) -> list[Point]:
                     router_cfs = ["none"]  # no routing, no capacity
                 elif router == "expert-choice" and any(_same_cf(c, "1.0") for c in cfs):
                     router_cfs = [c for c in cfs if c != "none"]  # expert-choice reads 'none' as 1.0
-                for cf in router_cfs:
-                    for seed in [int(s) for s in _csv(args.seeds)]:
-                        pt = Point(router, E, k, cf, seed)
-                        if pt not in points:
-                            points.append(pt)
+                for flip in [None, *[f for f in flips if router in AFFECTS.get(f, {router})]]:
+                    for cf in router_cfs:
+                        for seed in [int(s) for s in _csv(opts.seeds)]:
+                            pt = Point(router, E, k, cf, seed, flip)
+                            if pt not in points:
+                                points.append(pt)
     return points
 
 
-def train_argv(args, pt: Point, run_dir: Path) -> list[str]:
-    argv = [
-        "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_per_gpu), "--dim", str(args.dim),
-        "--layers", str(args.layers), "--heads", str(args.heads), "--ffn-mult", str(args.ffn_mult),
-        "--num-experts", str(pt.num_experts), "--router", pt.router, "--top-k", str(pt.top_k),
-        "--capacity-factor", pt.cf, "--seed", str(pt.seed), "--dtype", args.dtype, "--lr", str(args.lr),
-        "--warmup-steps", str(args.warmup_steps), "--max-steps", str(args.max_steps),
-        "--eval-interval", str(args.eval_interval), "--log-interval", str(args.log_interval),
-        "--eval-batches", str(args.eval_batches), "--grad-clip", str(args.grad_clip),
-        "--weight-decay", str(args.weight_decay), "--dropout", str(args.dropout),
-        "--backend", args.backend, "--outdir", str(run_dir),
-    ]
-    if args.data:
-        argv += ["--data", args.data]
-    if args.device:
-        argv += ["--device", args.device]
-    if args.compile:
-        argv += ["--compile"]
-    if not args.keep_checkpoints:
-        argv += ["--delete-checkpoint-at-end"]
-    return argv + shlex.split(args.train_args)
+def point_config(base: dict[str | None, C.TrainConfig], pt: Point, opts: SweepOptions) -> C.TrainConfig:
+    """The run's TrainConfig: the base of its semantics with the grid's values."""
+    cfg = base[pt.flip]
+    moe = dataclasses.replace(cfg.moe, router=pt.router, num_experts=pt.num_experts,
+                              top_k=pt.top_k, capacity_factor=C.capacity_factor_arg(pt.cf))
+    optim = dataclasses.replace(cfg.optim, seed=pt.seed)
+    run = dataclasses.replace(cfg.run, outdir=str(Path(opts.outdir_root) / pt.tag),
+                              delete_checkpoint_at_end=not opts.keep_checkpoints)
+    return dataclasses.replace(cfg, moe=moe, optim=optim, run=run)
 
 
 def run_finished(run_dir: Path, max_steps: int) -> bool:
-    log = run_dir / "train_log.jsonl"
-    if not log.exists():
-        return False
-    lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
-    if not lines:
-        return False
     try:
+        lines = [ln for ln in (run_dir / LOG_NAME).read_text().splitlines() if ln.strip()]
         last = json.loads(lines[-1])
-    except json.JSONDecodeError:
+    except (OSError, IndexError, json.JSONDecodeError):
         return False
     return bool(last.get("done")) and int(last.get("steps", -1)) == max_steps
 
 
 def _run_summary(run_dir: Path) -> str:
     try:
-        last = json.loads((run_dir / "train_log.jsonl").read_text().splitlines()[-1])
+        last = json.loads((run_dir / LOG_NAME).read_text().splitlines()[-1])
         ppl, tps = last.get("final_ppl"), last.get("tokens_per_s")
         return f"val_ppl={ppl:.3f} tokens/s={tps:,.0f}" if ppl and tps else ""
     except (OSError, ValueError, IndexError, TypeError):
@@ -193,7 +203,7 @@ class Status:
     def set(self, tag: str, **fields) -> None:
         self.data[tag] = fields
         if self.write:
-            write_atomic(self.path, json.dumps(self.data, indent=2) + "\n")
+            mrb.write_atomic(self.path, json.dumps(self.data, indent=2) + "\n")
 
     def failed(self, tags) -> list[str]:
         return [t for t in tags if self.data.get(t, {}).get("status") == "failed"]
@@ -201,144 +211,220 @@ class Status:
 
 # ----------------------------------------------------------------------------- modes
 
-def run_in_process(args, todo: list[Point], status: Status, rank: int = 0) -> None:
-    """Each grid point trained by train.train in this process (CPU, or one DDP job under torchrun)."""
+def run_in_process(configs: dict[Point, C.TrainConfig], status: Status, rank: int = 0) -> None:
+    """Each grid point trained by loop.train in this process (CPU, or one DDP job under torchrun)."""
     import torch
 
-    from train import train as train_mod
+    from train import loop
+    from train.train import fatal_message
 
-    n = len(todo)
-    for i, pt in enumerate(todo, 1):
-        run_dir = Path(args.outdir_root) / pt.tag
-        argv = train_argv(args, pt, run_dir) + ["--quiet"]
+    n = len(configs)
+    for i, (pt, cfg) in enumerate(configs.items(), 1):
+        if rank == 0:
+            print(f"[{i}/{n}] {pt.tag}: training ({cfg.optim.max_steps} steps)", flush=True)
         t0 = time.time()
         try:
-            targs, _ = train_mod.normalize_args(train_mod.build_parser().parse_args(argv))
-            train_mod.train(targs)
+            loop.train(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, quiet=True)))
             ok, err = True, None
-        except (Exception, SystemExit) as e:  # record and go on
-            ok, err = False, f"{type(e).__name__}: {e}"
-            if rank == 0:
-                traceback.print_exc()
+        except Exception as e:  # record and go on
+            ok, err = False, fatal_message(e) or f"{type(e).__name__}: {e}"
         finally:
-            if args.compile:
+            if cfg.optim.compile:
                 torch._dynamo.reset()
         dt = time.time() - t0
         if rank == 0:
             status.set(pt.tag, status="done" if ok else "failed", seconds=round(dt, 1), error=err)
             print(f"[{i}/{n}] {pt.tag} {'ok' if ok else 'FAILED'} {dt:.1f}s "
-                  f"{_run_summary(run_dir) if ok else err}", flush=True)
+                  f"{_run_summary(Path(cfg.run.outdir)) if ok else err}", flush=True)
 
 
-def run_subprocesses(args, todo: list[Point], status: Status, gpus: list[str], nproc: int) -> None:
+class Stopped(Exception):
+    """SIGINT or SIGTERM reached the sweep."""
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signal.Signals(signum).name)
+
+
+def end_children(running: dict) -> None:
+    """SIGTERM each child's process group, SIGKILL what is left after 10 s."""
+    for proc in running:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + 10
+    for proc in running:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # a group's stragglers too (torchrun's workers)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def run_subprocesses(configs: dict[Point, C.TrainConfig], status: Status, opts: SweepOptions,
+                     gpus: list[str], nproc: int) -> None:
     """Subprocess per grid point; GPUs split into groups of nproc, runs_per_gpu runs per group."""
     groups = [gpus[i:i + nproc] for i in range(0, len(gpus) - nproc + 1, nproc)] if gpus else [[]]
-    slots = [g for g in groups for _ in range(max(1, args.runs_per_gpu))]
+    slots = [g for g in groups for _ in range(max(1, opts.runs_per_gpu))]
     free = list(range(len(slots)))
     # seed-major order: the first runs side by side are distinct configurations, so the later
     # seeds of each find its compiled graph in torch.compile's on-disk cache
-    seeds = sorted({pt.seed for pt in todo})
-    pending = sorted(todo, key=lambda pt: seeds.index(pt.seed))
+    seeds = sorted({pt.seed for pt in configs})
+    pending = sorted(configs, key=lambda pt: seeds.index(pt.seed))
     compile_threads = str(max(1, (os.cpu_count() or 1) // len(slots)))
     running: dict[subprocess.Popen, tuple[Point, int, float, object]] = {}
-    n, done = len(todo), 0
-    while pending or running:
-        while pending and free:
-            pt, slot = pending.pop(0), free.pop(0)
-            run_dir = Path(args.outdir_root) / pt.tag
-            run_dir.mkdir(parents=True, exist_ok=True)
-            if nproc > 1:
-                cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                       str(TRAIN), "--distributed"]
-            else:
-                cmd = [sys.executable, str(TRAIN)]
-            cmd += train_argv(args, pt, run_dir)
-            env = {**os.environ, "NCCL_NVLS_ENABLE": "0", "PYTHONUNBUFFERED": "1",
-                   "MOE_SWEEP_RUNS_PER_GPU": str(max(1, args.runs_per_gpu))}
-            env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", compile_threads)  # runs compile side by side
-            if slots[slot]:
-                env["CUDA_VISIBLE_DEVICES"] = ",".join(slots[slot])
-            (run_dir / "launch_cmd.txt").write_text(
-                (f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']} " if slots[slot] else "")
-                + " ".join(shlex.quote(c) for c in cmd) + "\n")
-            out = open(run_dir / "stdout.log", "a")
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=os.getcwd())
-            running[proc] = (pt, slot, time.time(), out)
-        time.sleep(0.5)
-        for proc in [p for p in running if p.poll() is not None]:
-            pt, slot, t0, out = running.pop(proc)
-            out.close()
-            free.append(slot)
-            done += 1
-            dt = time.time() - t0
-            run_dir = Path(args.outdir_root) / pt.tag
-            ok = proc.returncode == 0 and run_finished(run_dir, args.max_steps)
-            err = None
-            if not ok:
-                tail = (run_dir / "stdout.log").read_text(errors="replace").strip().splitlines()[-3:]
-                err = f"exit {proc.returncode}: " + " | ".join(tail)
-            status.set(pt.tag, status="done" if ok else "failed", seconds=round(dt, 1), returncode=proc.returncode,
-                       error=err, gpus=",".join(slots[slot]) or None)
-            print(f"[{done}/{n}] {pt.tag} {'ok' if ok else 'FAILED'} {dt:.1f}s "
-                  f"{_run_summary(run_dir) if ok else err}", flush=True)
+    n, done = len(configs), 0
+    previous = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while pending or running:
+            while pending and free:
+                pt, slot = pending.pop(0), free.pop(0)
+                cfg = configs[pt]
+                run_dir = Path(cfg.run.outdir)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                        str(TRAIN), "--distributed"] if nproc > 1 else [sys.executable, str(TRAIN)])
+                cmd += C.to_argv(cfg)
+                env = {**os.environ, "NCCL_NVLS_ENABLE": "0", "PYTHONUNBUFFERED": "1",
+                       "MOE_SWEEP_RUNS_PER_GPU": str(max(1, opts.runs_per_gpu))}
+                env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", compile_threads)  # runs compile side by side
+                if slots[slot]:
+                    env["CUDA_VISIBLE_DEVICES"] = ",".join(slots[slot])
+                mrb.write_atomic(run_dir / "launch_cmd.txt",
+                                 (f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']} " if slots[slot] else "")
+                                 + " ".join(shlex.quote(c) for c in cmd) + "\n")
+                out = open(run_dir / "stdout.log", "a")
+                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=os.getcwd(),
+                                        start_new_session=True)  # its own process group, ended with the sweep
+                running[proc] = (pt, slot, time.time(), out)
+                print(f"[{done + len(running)}/{n}] {pt.tag}: started"
+                      + (f" on GPU {','.join(slots[slot])}" if slots[slot] else ""), flush=True)
+            time.sleep(0.5)
+            for proc in [p for p in running if p.poll() is not None]:
+                pt, slot, t0, out = running.pop(proc)
+                out.close()
+                free.append(slot)
+                done += 1
+                dt = time.time() - t0
+                run_dir = Path(configs[pt].run.outdir)
+                ok = proc.returncode == 0 and run_finished(run_dir, configs[pt].optim.max_steps)
+                err = None
+                if not ok:
+                    tail = (run_dir / "stdout.log").read_text(errors="replace").strip().splitlines()[-2:]
+                    err = f"exit {proc.returncode}: " + " | ".join(tail)
+                status.set(pt.tag, status="done" if ok else "failed", seconds=round(dt, 1),
+                           returncode=proc.returncode, error=err, gpus=",".join(slots[slot]) or None)
+                print(f"[{done}/{n}] {pt.tag} {'ok' if ok else 'FAILED'} {dt:.1f}s "
+                      f"{_run_summary(run_dir) if ok else err}", flush=True)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if running:
+            print(f"sweep: stopping {len(running)} running run(s); rerun the same command to resume", flush=True)
+            end_children(running)
+            for proc, (pt, *_rest, out) in running.items():
+                out.close()
+                status.set(pt.tag, status="stopped", returncode=proc.returncode)
+
+
+def check_data(cfg: C.TrainConfig) -> None:
+    from train.trainer import DATA_HINT
+
+    for path in (cfg.run.data, cfg.run.val_data):
+        if path and not Path(path).is_file():
+            raise mrb.ConfigError(f"data file not found: {path}: {DATA_HINT}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
+    under_torchrun = world > 1 or "TORCHELASTIC_RUN_ID" in os.environ
     try:
-        points = grid(args)
-    except ValueError as e:
-        print(f"sweep.py: error: {e}", file=sys.stderr)
-        return 2
-    root = Path(args.outdir_root)
-    if args.dry_run:
-        if rank == 0:
-            print(f"{len(points)} runs in {root}")
-            for pt in points:
-                print(f"{pt.tag}: python train/train.py {' '.join(shlex.quote(a) for a in train_argv(args, pt, root / pt.tag))}")
-        return 0
+        return _main(argv, world, rank)
+    except Exception as e:
+        from train.train import fatal_message
 
-    import torch
+        message = fatal_message(e)
+        if message is None:
+            raise
+        if rank == 0:
+            print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+        return 0 if under_torchrun else 2
+
+
+def _main(argv: list[str] | None, world: int, rank: int) -> int:
+    opts, cfg = parse(argv)
+    flips = [f.replace("-", "_") for f in _csv(opts.flip_list)]
+    points = grid(opts, cfg.semantics)
+    base = {None: cfg}
+    for f in flips:  # the attribution runs: the same flags with one factor off
+        base[f] = parse(argv, ",".join(["none", *[s for s in cfg.semantics if s != f]]))[1]
+    configs = {pt: point_config(base, pt, opts) for pt in points}
+    root = Path(opts.outdir_root)
+    if opts.dry_run:
+        if rank == 0:
+            print(f"{len(points)} runs in {root} (preset {cfg.preset})")
+            for pt, c in configs.items():
+                print(f"{pt.tag}: python train/train.py {' '.join(shlex.quote(a) for a in C.to_argv(c))}")
+        return 0
+    check_data(cfg)
 
     root.mkdir(parents=True, exist_ok=True)
+    with RunLock(root, what="sweep folder") if rank == 0 else contextlib.nullcontext():
+        return _sweep(opts, cfg, configs, root, world, rank)
+
+
+def _sweep(opts: SweepOptions, cfg: C.TrainConfig, configs: dict[Point, C.TrainConfig], root: Path,
+           world: int, rank: int) -> int:
+    import torch
+
     status = Status(root, write=rank == 0)
-    skipped = [pt for pt in points if run_finished(root / pt.tag, args.max_steps)]
-    todo = [pt for pt in points if pt not in skipped]
+    skipped = [pt for pt, c in configs.items() if run_finished(Path(c.run.outdir), c.optim.max_steps)]
+    todo = {pt: c for pt, c in configs.items() if pt not in skipped}
+    ctx = None
     if world > 1:
         import torch.distributed as dist
 
-        from train.train import setup_distributed
+        from train.trainer import setup_distributed
 
-        ctx = setup_distributed(argparse.Namespace(distributed=True, device=args.device, dist_backend=None))
+        ctx = setup_distributed(cfg.run.device, True, cfg.run.dist_backend)
         decided = [[pt.tag for pt in todo]]
         dist.broadcast_object_list(decided, src=0)  # rank 0's view of what is finished decides
-        todo = [pt for pt in points if pt.tag in set(decided[0])]
-        skipped = [pt for pt in points if pt not in todo]
+        todo = {pt: c for pt, c in configs.items() if pt.tag in set(decided[0])}
+        skipped = [pt for pt in configs if pt not in todo]
     if rank == 0:
-        print(f"sweep: {len(points)} runs, {len(skipped)} already finished, {len(todo)} to run -> {root}", flush=True)
+        print(f"sweep: {len(configs)} runs (preset {cfg.preset}), {len(skipped)} already finished, "
+              f"{len(todo)} to run -> {root}", flush=True)
         for pt in skipped:
             status.data.setdefault(pt.tag, {"status": "done"})
     t0 = time.time()
-    use_cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    if world > 1:
-        run_in_process(args, todo, status, rank)
-        dist.barrier()
-        if ctx.created_group:
+    use_cuda = (cfg.run.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    try:
+        if world > 1:
+            run_in_process(todo, status, rank)
+            dist.barrier()
+        elif use_cuda:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            gpus = _csv(visible) if visible else [str(i) for i in range(torch.cuda.device_count())]
+            nproc = opts.nproc_per_node or 1
+            if nproc > len(gpus):
+                raise mrb.ConfigError(f"--nproc-per-node {nproc} but {len(gpus)} GPUs visible")
+            run_subprocesses(todo, status, opts, gpus, nproc)
+        elif opts.subprocess:
+            run_subprocesses(todo, status, opts, [], 1)
+        else:
+            run_in_process(todo, status)
+    except (Stopped, KeyboardInterrupt) as e:
+        print(f"sweep: stopped by {e or 'SIGINT'}; rerun the same command to resume", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        if ctx is not None and ctx.created_group:
             dist.destroy_process_group()
-    elif use_cuda:
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        gpus = _csv(visible) if visible else [str(i) for i in range(torch.cuda.device_count())]
-        nproc = args.nproc_per_node or 1
-        if nproc > len(gpus):
-            print(f"sweep.py: error: --nproc-per-node {nproc} but {len(gpus)} GPUs visible", file=sys.stderr)
-            return 2
-        run_subprocesses(args, todo, status, gpus, nproc)
-    elif args.subprocess:
-        run_subprocesses(args, todo, status, [], 1)
-    else:
-        run_in_process(args, todo, status)
     if rank != 0:
         return 0
     failed = status.failed([pt.tag for pt in todo])
@@ -346,14 +432,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(skipped)} skipped", flush=True)
     from train.summarize import print_table, summarize
 
-    summary_out = Path(args.summary_out) if args.summary_out else root / "summary.csv"
+    summary_out = Path(opts.summary_out) if opts.summary_out else root / "summary.csv"
     rows = summarize([str(root / "*")], summary_out)
     if rows:
         print_table(rows)
         print(f"summary: {summary_out}")
     for tag in failed:
         print(f"FAILED: {tag}: {status.data[tag].get('error')}", file=sys.stderr)
-    return 1 if failed else 0
+    return 0 if world > 1 else (1 if failed else 0)
 
 
 if __name__ == "__main__":
