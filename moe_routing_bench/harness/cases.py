@@ -200,10 +200,13 @@ def stage_bytes(stage: str, case: Case) -> int | None:
     return metrics.bytes_per_token_strict(case.top_k, case.hidden_dim, b, op) * case.num_tokens
 
 
+CACHE_RESIDENT_PCT = 105.0  # a kernel at the copy ceiling measures 99-101% (H200 combine: 100.8% on 470 MB)
+
+
 def is_cache_resident(pct_of_copy: float | None) -> bool:
-    """Faster than the device's own copy: the data stayed in cache, so the figure is not bandwidth
-    (common on CPUs at small sizes)."""
-    return pct_of_copy is not None and pct_of_copy > 100.0
+    """Clearly faster than the device's own copy: the data stayed in cache, so the figure is not
+    bandwidth (common on CPUs at small sizes). Within a few percent of 100 is the ceiling itself."""
+    return pct_of_copy is not None and pct_of_copy > CACHE_RESIDENT_PCT
 
 
 def stage_record(stage: str, case: Case, backend: str, timing: Timing, copy_bytes_per_s: float | None) -> dict:

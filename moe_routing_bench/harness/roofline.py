@@ -75,9 +75,8 @@ def _label(rec: dict) -> str:
 
 def plot_roofline(records: Sequence[dict], png_path: str) -> str:
     """Bar chart (matplotlib Agg): % of copy per byte-moving primitive and backend, time annotated;
-    a second panel per shape gives top-k and plan times. Bars above 100% of copy are hatched and
-labelled `cache`: the data stayed in cache, so they are not bandwidth. Written atomically.
-Returns the path written."""
+    a second panel per shape gives top-k and plan times. Cache-resident bars (`cases.is_cache_resident`)
+    are hatched and labelled `cache`: they are not bandwidth. Written atomically; returns the path."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -23,6 +23,6 @@ def format_table(rows: list[dict], columns: Sequence[str]) -> str:
     text = tabulate([[cell(r, c) for c in columns] for r in rows], headers=columns, disable_numparse=True,
                     stralign="right")
     if any(r.get("cache_resident") for r in rows):
-        text += ("\n* above 100% of copy: the data stayed in cache (cache_resident: true), so this is not a "
+        text += ("\n* well above 100% of copy: the data stayed in cache (cache_resident: true), so this is not a "
                  "bandwidth figure")
     return text
