@@ -126,3 +126,17 @@ def test_cli_runs_writing_one_out_file_lose_nothing(tmp_path):
         assert p.returncode == 0, stderr
         assert "wrote 1 records" in stdout
     assert len(read_jsonl(out)) == 8
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    """Not mkstemp's 0600: a written record file is readable like any file the umask allows."""
+    import os
+
+    from moe_routing_bench.harness.records import write_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "r.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644

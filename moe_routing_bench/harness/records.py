@@ -131,6 +131,7 @@ def atomic_target(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_orphaned_temps(path)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f"{_temp_prefix(path)}{os.getpid()}.", suffix=TMP_SUFFIX)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; the result should read like any new file
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -142,6 +143,12 @@ def atomic_target(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(path: str | Path, data: str | bytes) -> None:
