@@ -6,6 +6,7 @@ a CDN fails exactly as it would offline, even on a machine that has network acce
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -95,3 +96,14 @@ def dump_dom(url: str, *, wait_ms: int = 15000) -> str:
     return _run_chromium(url, wait_ms, ("--dump-dom",)).stdout
 
 
+
+
+def y_ticks(dom: str) -> list[float]:
+    """Numeric axis tick labels flot drew; an empty plot gets its default axis, 1.00 to 1.01."""
+    ticks = []
+    for text in re.findall(r'class="flot-tick-label tickLabel"[^>]*>([^<]*)<', dom):
+        try:
+            ticks.append(float(text.replace(",", "")))
+        except ValueError:
+            pass
+    return ticks

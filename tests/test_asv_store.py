@@ -218,16 +218,6 @@ def _graph_values(html: Path, benchmark: str) -> list[float]:
     return values
 
 
-def _y_ticks(dom: str) -> list[float]:
-    """Numeric axis tick labels flot drew; an empty plot gets its default axis, 1.00 to 1.01."""
-    ticks = []
-    for text in re.findall(r'class="flot-tick-label tickLabel"[^>]*>([^<]*)<', dom):
-        try:
-            ticks.append(float(text.replace(",", "")))
-        except ValueError:
-            pass
-    return ticks
-
 
 @pytest.mark.slow
 def test_dashboard_renders_offline_with_kernel_and_training_graphs(tmp_path):
@@ -272,6 +262,6 @@ def test_dashboard_renders_offline_with_kernel_and_training_graphs(tmp_path):
         for page, query in views:
             dom = browser.dump_dom(f"{url}index.html#{page}?{query}", wait_ms=10000)
             assert 'id="main-graph"' in dom and 'class="flot-base"' in dom, f"no graph drawn for {page}"
-            ticks = _y_ticks(dom)
+            ticks = browser.y_ticks(dom)
             assert len(ticks) >= 2 and max(ticks) - min(ticks) > 0.5, f"{page}: empty plot (ticks {ticks})"
             assert "continental origin" not in dom  # asv's error.html, where a library failed to load

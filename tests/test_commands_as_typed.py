@@ -45,15 +45,6 @@ def _changes(clone: Path) -> list[str]:
     return [line for line in out.splitlines() if line.strip()]
 
 
-def _y_ticks(dom: str) -> list[float]:
-    ticks = []
-    for text in re.findall(r'class="flot-tick-label tickLabel"[^>]*>([^<]*)<', dom):
-        try:
-            ticks.append(float(text.replace(",", "")))
-        except ValueError:
-            pass
-    return ticks
-
 
 @pytest.mark.slow
 def test_asv_run_publish_and_pytest_benchmark_as_typed_on_a_clean_clone(tmp_path):
@@ -105,7 +96,7 @@ def test_asv_run_publish_and_pytest_benchmark_as_typed_on_a_clean_clone(tmp_path
             dom = browser.dump_dom(f"{url}index.html#{page}", wait_ms=8000)
             assert "continental origin" not in dom, f"{page}: asv's error page (a library did not load)"
             assert 'class="flot-base"' in dom, f"{page}: no plot"
-            ticks = _y_ticks(dom)
+            ticks = browser.y_ticks(dom)
             assert len(ticks) >= 2 and max(ticks) > 1.5, f"{page}: empty first view (y ticks {ticks})"
             assert "machine-nvidia" in dom or "machine-cpu" in dom  # a legend: series were drawn
         dom = browser.dump_dom(f"{url}index.html#regressions", wait_ms=8000)

@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .layer import MoEAux, MoEConfig, MoELayer, ragged_expert_ffn
+from .layer import MoEConfig, MoELayer, ragged_expert_ffn
 from . import routers
 from .plan import Plan
 from .validation import ConfigError, check_positive
@@ -291,16 +291,10 @@ class ExpertParallelMoELayer(MoELayer):
         R = ex.num_packed_rows
         return y_NH if R == N else torch.cat([y_NH, y_NH.new_zeros(R - N, *y_NH.shape[1:])])
 
-    def forward(self, x_TH: torch.Tensor, token_ids_T: torch.Tensor | None = None) -> tuple[torch.Tensor, MoEAux]:
-        dtype = torch.get_autocast_dtype(x_TH.device.type) if torch.is_autocast_enabled(x_TH.device.type) else x_TH.dtype
-        with torch.autocast(x_TH.device.type, enabled=False):
-            logits_TE, routing = self.route(x_TH, token_ids_T)
-            x = x_TH.to(dtype)
-            plan = self.plan(routing, x)
-            y_RH = self.exchange(self.backend.pack(x, plan), self.exchange_counts(plan))
-            out_TH = self.backend.combine(y_RH, plan)
-        aux = MoEAux(self.balance_loss(routing, plan), routers.z_loss(logits_TE), routing, plan)
-        return out_TH, aux
+    def dispatch_experts_combine(self, x_TH: torch.Tensor, plan: Plan) -> torch.Tensor:
+        """The layer's pack -> experts -> combine with the experts on their ranks: `forward` is MoELayer's."""
+        y_RH = self.exchange(self.backend.pack(x_TH, plan), self.exchange_counts(plan))
+        return self.backend.combine(y_RH, plan)
 
 
 def moe_layer(config: MoEConfig, groups: ExpertParallelGroups | None = None, overlap_chunks: int = 1) -> MoELayer:
