@@ -101,3 +101,22 @@ def test_asv_run_publish_and_pytest_benchmark_as_typed_on_a_clean_clone(tmp_path
             assert "machine-nvidia" in dom or "machine-cpu" in dom  # a legend: series were drawn
         dom = browser.dump_dom(f"{url}index.html#regressions", wait_ms=8000)
         assert "continental origin" not in dom and "Best after" in dom, "no Regressions table"
+
+
+@pytest.mark.slow
+def test_torchrun_sweep_as_typed_on_a_clean_clone(tmp_path):
+    """`torchrun train/sweep.py` with no arguments on a clean clone: the machine-sized sweep (3 tiny runs
+    on a CPU, about 2 minutes on 2 idle cores), a progress line per run, exit 0, outputs only under the
+    git-ignored runs/, nothing committed rewritten."""
+    _require("torchrun", (BIN / "torchrun").exists())
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TRITON_INTERPRET")}
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(BIN.parent))
+    out = _run(["torchrun", "train/sweep.py"], clone, env, 1500)
+    log = out.stdout + out.stderr
+    assert "Traceback" not in log and "ChildFailedError" not in log, log[-3000:]
+    progress = re.findall(r"^\[(\d+)/(\d+)\] \S+ ok ", log, re.M)
+    assert progress and len(progress) == int(progress[0][1]), log[-3000:]
+    assert (clone / "runs" / "routing_sweep" / "summary.csv").is_file()
+    assert _changes(clone) == []  # runs/ is ignored; nothing tracked changed
