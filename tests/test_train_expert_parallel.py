@@ -180,3 +180,12 @@ def test_equal_per_rank_eval_batches_have_equal_shapes(n_tokens, world):
     assert any(u != uneven[0] for u in uneven)  # the case needs the option
     assert all(e == even[0] for e in even) and even[0]
     assert sum(s[0] for e in even for s in e) > sum(s[0] for u in uneven for s in u) - world
+
+
+def test_sweep_refuses_expert_parallel_that_cannot_fit_before_running(tmp_path, capsys):
+    argv = ["--preset", "cpu", "--device", "cpu", "--expert-parallel", "2", "--outdir-root", str(tmp_path / "sw")]
+    assert sweep.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["sweep.py: error: --expert-parallel 2: world size 1 is not a multiple of it "
+                   "(launch with torchrun --nproc_per_node=2 or a multiple)"], err
+    assert not (tmp_path / "sw").exists()
