@@ -2,7 +2,10 @@
 like one process with the same global batch; checkpoints hold the unsharded model, so a killed EP2
 run resumes at EP2 or EP1 as if never stopped; bad sizes are one-line errors."""
 import json
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,6 +105,7 @@ def test_ep_shards_the_experts(runs):
     ddp = json.loads((runs / "ddp2" / "hparams.json").read_text())
     assert hp["args"]["expert_parallel"] == 2 and hp["world_size"] == 2
     assert hp["params_total"] == ddp["params_total"] and hp["flops_per_token"] == ddp["flops_per_token"]
+    assert all(r["expert_parallel"] == 2 for r in read_log(runs / "ep2")[:-1])
 
 
 def test_ep2_trains_like_ddp2(runs):
@@ -189,3 +193,29 @@ def test_sweep_refuses_expert_parallel_that_cannot_fit_before_running(tmp_path, 
     assert err == ["sweep.py: error: --expert-parallel 2: world size 1 is not a multiple of it "
                    "(launch with torchrun --nproc_per_node=2 or a multiple)"], err
     assert not (tmp_path / "sw").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype, tol", [("fp32", 2e-3), ("bf16", 2e-2)])  # TF32 / bf16 matmuls in other shapes
+def test_ep2_on_two_gpus_trains_like_ddp(tmp_path, dtype, tol):
+    """NCCL: torchrun with 2 GPUs, --expert-parallel 2 against plain DDP (the same flags otherwise)."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs (NCCL puts one rank on each)")
+    root = Path(__file__).resolve().parents[1]
+    logs = {}
+    for ep in (1, 2):
+        out = tmp_path / f"ep{ep}"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(root / "train" / "train.py"), "--device", "cuda", "--dtype", dtype, "--expert-parallel", str(ep),
+               "--num-stories", "2000", "--seq-len", "128", "--batch-size", "16", "--dim", "128", "--heads", "4",
+               "--layers", "2", "--num-experts", "8", "--top-k", "2", "--capacity-factor", "1.0", "--dropout", "0",
+               "--max-steps", "30", "--eval-interval", "15", "--log-interval", "1", "--lr", "1e-3",
+               "--warmup-steps", "5", "--outdir", str(out), "--quiet"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=root,
+                              env={**os.environ, "PYTHONPATH": str(root)})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        logs[ep] = read_log(out)
+    assert losses(logs[2]) == pytest.approx(losses(logs[1]), rel=tol)
+    assert logs[2][-1]["param_max_abs_diff_across_ranks"] == 0.0
+    assert losses(logs[2])[-1] < losses(logs[2])[0] - 0.5

@@ -208,7 +208,7 @@ def log_record(t: Trainer, step: int, lr: float, means: dict, val_loss: float | 
         "backend": mc.backend, "num_experts": mc.num_experts, "top_k": mc.top_k,
         "capacity_factor": mc.capacity_factor, "capacity_group_tokens": mc.capacity_group_tokens,
         "seed_semantics": list(mc.seed_semantics), "preset": cfg.recipe, "causal_safe": mc.causal_safe,
-        "world_size": world,
+        "world_size": world, "expert_parallel": cfg.run.expert_parallel,
         "compile": cfg.optim.compile, "dtype": str(t.effective_dtype).replace("torch.", ""),
     }
     if t.ctx.device.type == "cuda":
@@ -305,7 +305,7 @@ def bench(cfg: TrainConfig) -> dict:
             "compile_mode": o.compile_mode if o.compile else None, "num_experts": mc.num_experts,
             "top_k": mc.top_k, "capacity_factor": mc.capacity_factor, "dim": mc.dim, "layers": mc.layers,
             "heads": mc.heads, "seq_len": mc.seq_len, "batch_size_per_rank": r.batch_size,
-            "world_size": ctx.world_size, "tokens_per_step": t.tokens_per_step, "warmup_steps": b.bench_warmup,
+            "world_size": ctx.world_size, "expert_parallel": cfg.run.expert_parallel, "tokens_per_step": t.tokens_per_step, "warmup_steps": b.bench_warmup,
             "timed_steps": b.bench_steps, "repeats": b.bench_repeats, "tokens_per_s": tps,
             "tokens_per_s_all": rates, "tokens_per_s_per_rank": tps / ctx.world_size,
             "step_ms": 1000.0 * t.tokens_per_step / tps, "flops_per_token": t.flops_per_token,
