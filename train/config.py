@@ -163,6 +163,9 @@ class RunOptions:
     device: str | None = opt(None, "cuda | cpu (default: cuda if available)", type=str)
     distributed: bool = opt(False, "DDP across the ranks torchrun starts (on automatically when WORLD_SIZE > 1)")
     dist_backend: str | None = opt(None, "nccl on CUDA, gloo on CPU (default); nccl on CPU becomes gloo", type=str)
+    expert_parallel: int = opt(1, "shard each MoE layer's experts over this many ranks (EP x DP under "
+                               "torchrun: EP groups of N consecutive ranks; the world size and --num-experts "
+                               "multiples of N); 1: every rank holds every expert (plain DDP)")
 
 
 @dataclass
@@ -395,6 +398,8 @@ def normalize(cfg: TrainConfig) -> tuple[TrainConfig, list[str]]:
                           ("model", "layers"), ("model", "dim"), ("model", "heads")):
         if getattr(getattr(cfg, section), name) < 1:
             raise mrb.ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+    if run.expert_parallel < 1:
+        raise mrb.ConfigError(f"--expert-parallel must be >= 1, got {run.expert_parallel}")
     if model.dim % model.heads:
         raise mrb.ConfigError(f"--dim {model.dim} is not a multiple of --heads {model.heads}")
     if not 0.0 < run.val_fraction < 1.0:

@@ -269,7 +269,7 @@ def num_eval_windows(n_tokens: int, seq_len: int, batch_size: int, max_batches: 
 
 def eval_batches(val_T: torch.Tensor, batch_size: int, seq_len: int, max_batches: int | None,
                  device: str | torch.device = "cpu", *, rank: int = 0, world_size: int = 1,
-                 stride: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                 stride: int | None = None, equal_per_rank: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Deterministic validation batches (x_BS, y_BS), int64, no randomness.
 
     Window i covers val[i*stride : i*stride+S+1]. The default stride S gives non-overlapping
@@ -279,12 +279,16 @@ def eval_batches(val_T: torch.Tensor, batch_size: int, seq_len: int, max_batches
     the first ``num_eval_windows(...)``, the same set for any world size; rank r takes windows r,
     r+W, r+2W, ... in batches of ``batch_size`` (the last one may be smaller), so each rank yields
     at most ``max_batches`` batches. ``max_batches=None`` uses every window. Average the loss
-    weighted by tokens (sum over ranks) to get the val loss.
+    weighted by tokens (sum over ranks) to get the val loss. ``equal_per_rank`` drops the last
+    (fewer than ``world_size``) windows so that every rank yields batches of the same sizes: expert
+    parallelism exchanges tokens in every forward, so all ranks must run the same forwards.
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world_size {world_size}")
     stride = stride or seq_len
     n_win = num_eval_windows(val_T.numel(), seq_len, batch_size, max_batches, stride)
+    if equal_per_rank:
+        n_win -= n_win % world_size
     if n_win == 0:
         raise ValueError(f"validation text of {val_T.numel()} tokens is too short for seq_len={seq_len}")
     starts = torch.arange(rank, n_win, world_size) * stride

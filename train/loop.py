@@ -158,8 +158,9 @@ def _train(cfg: TrainConfig, ctx: DistContext, on_event: Event) -> dict:
         if do_ckpt:
             on_event("checkpoint", step)
             progress.elapsed = elapsed0 + time.perf_counter() - wall0
+            state = t.state(asdict(progress))  # on every rank: --expert-parallel gathers the expert shards
             if ctx.is_main:
-                save_checkpoint(outdir, t.state(asdict(progress)))
+                save_checkpoint(outdir, state)
             if ctx.world_size > 1:
                 dist.barrier()
             reseed(o.seed, ctx.rank, step)
@@ -207,7 +208,7 @@ def log_record(t: Trainer, step: int, lr: float, means: dict, val_loss: float | 
         "backend": mc.backend, "num_experts": mc.num_experts, "top_k": mc.top_k,
         "capacity_factor": mc.capacity_factor, "capacity_group_tokens": mc.capacity_group_tokens,
         "seed_semantics": list(mc.seed_semantics), "preset": cfg.recipe, "causal_safe": mc.causal_safe,
-        "world_size": world,
+        "world_size": world, "expert_parallel": cfg.run.expert_parallel,
         "compile": cfg.optim.compile, "dtype": str(t.effective_dtype).replace("torch.", ""),
     }
     if t.ctx.device.type == "cuda":
@@ -237,7 +238,7 @@ def hparams(t: Trainer, resumed_from: int | None) -> dict:
         "global_batch_tokens": t.tokens_per_step, "tokens_per_rank_step": cfg.run.batch_size * cfg.model.seq_len,
         "capacity_group_tokens": group,
         "capacity_per_expert": mrb.capacity(group, mc.top_k, mc.num_experts, mc.capacity_factor) if mc.is_moe else None,
-        "params_total": sum(p.numel() for p in t.model.parameters()), "params_active": t.model.active_params(),
+        "params_total": t.params_total, "params_active": t.params_active,  # the unsharded model's
         "flops_per_token": t.flops_per_token, "causal_safe": mc.causal_safe, "tokenizer": "byte (256 ids)",
         "train_tokens": t.train_T.numel(), "val_tokens": t.val_T.numel(),
         "dtype_effective": str(t.effective_dtype).replace("torch.", ""), "resumed_from_step": resumed_from,
@@ -254,7 +255,7 @@ def announce(t: Trainer, resumed_from: int | None) -> None:
         return
     what = f"resumed at step {resumed_from}" if resumed_from is not None else "start"
     print(f"[train] {what}: router={mc.router} E={mc.num_experts} k={mc.top_k} cf={mc.capacity_factor} "
-          f"dim={mc.dim} L={mc.layers} world={t.ctx.world_size} device={t.ctx.device} dtype={t.effective_dtype} "
+          f"dim={mc.dim} L={mc.layers} world={t.ctx.world_size} ep={cfg.run.expert_parallel} device={t.ctx.device} dtype={t.effective_dtype} "
           f"compile={cfg.optim.compile} -> {cfg.run.outdir}", flush=True)
 
 
@@ -304,7 +305,7 @@ def bench(cfg: TrainConfig) -> dict:
             "compile_mode": o.compile_mode if o.compile else None, "num_experts": mc.num_experts,
             "top_k": mc.top_k, "capacity_factor": mc.capacity_factor, "dim": mc.dim, "layers": mc.layers,
             "heads": mc.heads, "seq_len": mc.seq_len, "batch_size_per_rank": r.batch_size,
-            "world_size": ctx.world_size, "tokens_per_step": t.tokens_per_step, "warmup_steps": b.bench_warmup,
+            "world_size": ctx.world_size, "expert_parallel": cfg.run.expert_parallel, "tokens_per_step": t.tokens_per_step, "warmup_steps": b.bench_warmup,
             "timed_steps": b.bench_steps, "repeats": b.bench_repeats, "tokens_per_s": tps,
             "tokens_per_s_all": rates, "tokens_per_s_per_rank": tps / ctx.world_size,
             "step_ms": 1000.0 * t.tokens_per_step / tps, "flops_per_token": t.flops_per_token,

@@ -340,6 +340,19 @@ def check_data(cfg: C.TrainConfig) -> None:
             raise mrb.ConfigError(f"data file not found: {path}: {DATA_HINT}")
 
 
+def check_expert_parallel(cfg: C.TrainConfig, configs: dict[Point, C.TrainConfig], world: int,
+                          opts: SweepOptions) -> None:
+    """--expert-parallel fits every run's world size and expert count: one error before any run starts."""
+    import torch
+
+    from train.trainer import check_expert_parallel as check
+
+    on_gpu = (cfg.run.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    run_world = world if world > 1 else (opts.nproc_per_node or 1) if on_gpu else 1
+    for c in configs.values():
+        check(c, run_world)
+
+
 def main(argv: list[str] | None = None) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -373,6 +386,7 @@ def _main(argv: list[str] | None, world: int, rank: int) -> int:
                 print(f"{pt.tag}: python train/train.py {' '.join(shlex.quote(a) for a in C.to_argv(c))}")
         return 0
     check_data(cfg)
+    check_expert_parallel(cfg, configs, world, opts)
 
     root.mkdir(parents=True, exist_ok=True)
     with RunLock(root, what="sweep folder") if rank == 0 else contextlib.nullcontext():

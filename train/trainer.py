@@ -110,6 +110,23 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
     return ModelConfig(**{f.name: values[f.name] for f in fields(ModelConfig) if f.name in values})
 
 
+def check_expert_parallel(cfg: TrainConfig, world_size: int) -> None:
+    """A ConfigError (one line) when --expert-parallel N cannot shard this run's experts."""
+    n = cfg.run.expert_parallel
+    if n == 1:
+        return
+    if cfg.moe.router == "dense":
+        raise mrb.ConfigError(f"--expert-parallel {n}: the dense baseline has no experts to shard")
+    if cfg.moe.num_experts % n:
+        raise mrb.ConfigError(f"--expert-parallel {n}: --num-experts {cfg.moe.num_experts} is not a multiple of it")
+    if world_size % n:
+        raise mrb.ConfigError(f"--expert-parallel {n}: world size {world_size} is not a multiple of it "
+                              f"(launch with torchrun --nproc_per_node={n} or a multiple)")
+    if cfg.optim.compile:
+        raise mrb.ConfigError(f"--expert-parallel {n} runs eagerly (the layer's split-size sync breaks the "
+                              "compiled graph): drop --compile")
+
+
 def load_data(cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """(train_T, val_T): --data split at a story boundary, or --val-data, or generated stories."""
     r = cfg.run
@@ -132,8 +149,12 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, ctx: DistContext):
         self.cfg, self.ctx = cfg, ctx
         device = ctx.device
+        check_expert_parallel(cfg, ctx.world_size)
         dtype = mrb.parse_dtype(cfg.optim.dtype)
         self.amp_dtype = dtype if device.type == "cuda" and dtype != torch.float32 else None
+        if self.amp_dtype == torch.float16 and cfg.run.expert_parallel > 1:
+            # GradScaler skips a step on the ranks that see an inf: expert shards would diverge
+            raise mrb.ConfigError(f"--expert-parallel {cfg.run.expert_parallel} with --dtype fp16: use bf16 or fp32")
         self.effective_dtype = self.amp_dtype or torch.float32
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -142,6 +163,15 @@ class Trainer:
         torch.manual_seed(cfg.optim.seed)
         self.model_cfg = model_config(cfg)
         self.model = MoETransformer(self.model_cfg).to(device)
+        # sizes of the unsharded model (every expert counts), then this rank's expert shards of it:
+        # the full model is built with the same seed everywhere, so the shards are its experts
+        self.flops_per_token = self.model.flops_per_token(cfg.model.seq_len)
+        self.params_total = sum(p.numel() for p in self.model.parameters())
+        self.params_active = self.model.active_params()
+        self.ep_groups = None
+        if cfg.run.expert_parallel > 1:
+            self.ep_groups = mrb.expert_parallel_groups(cfg.run.expert_parallel)
+            mrb.shard_experts(self.model, self.ep_groups)
         m = cfg.moe
         alpha = m.aux_free_alpha if self.model_cfg.router == "aux-free" else m.load_balance_alpha
         self.step_module = LossAndStats(self.model, alpha, m.z_loss_beta)
@@ -160,13 +190,14 @@ class Trainer:
             sync_kw = ({"forward_sync_buffers": False}
                        if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
                        else {"broadcast_buffers": False})
+            if self.ep_groups is not None:  # sharded experts: reduced in train_step (reduce_gradients)
+                mrb.expert_parallel.ddp_ignore_expert_parameters(fwd)
             fwd = DDP(fwd, device_ids=[device.index] if device.type == "cuda" else None,
                       gradient_as_bucket_view=True, **sync_kw)
         self.train_forward = fwd
         self.generator = torch.Generator().manual_seed(cfg.optim.seed)
         self.step = 0
         self.tokens_per_step = cfg.run.batch_size * cfg.model.seq_len * ctx.world_size
-        self.flops_per_token = self.model.flops_per_token(cfg.model.seq_len)
         self.bytes_per_token_strict = mrb.metrics.bytes_per_token_strict(  # per MoE layer
             self.model_cfg.top_k, cfg.model.dim, self.effective_dtype.itemsize)
         self._grads_checked = False
@@ -189,6 +220,8 @@ class Trainer:
         with self.autocast():
             loss, ce, stats, counts_LE = self.train_forward(x, y)
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        if self.ep_groups is not None:  # DDP averaged the rest; expert grads: summed over the DP group / world
+            mrb.expert_parallel.reduce_gradients(self.model, self.ep_groups, dense=False)
         if not self._grads_checked:
             missing = [n for n, p in self.model.named_parameters() if p.requires_grad and p.grad is None]
             if missing:
@@ -198,7 +231,9 @@ class Trainer:
         if o.grad_clip > 0:
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, o.grad_clip, foreach=True)
+            grad_norm = (mrb.expert_parallel.clip_grad_norm_(self.model, o.grad_clip, self.ep_groups)
+                         if self.ep_groups is not None
+                         else torch.nn.utils.clip_grad_norm_(self.params, o.grad_clip, foreach=True))
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -222,7 +257,8 @@ class Trainer:
         total = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # sum of loss*tokens, tokens
         for x, y in eval_batches(self.val_T, r.batch_size, self.cfg.model.seq_len,
                                  r.eval_batches if r.eval_batches > 0 else None, ctx.device,
-                                 rank=ctx.rank, world_size=ctx.world_size, stride=r.eval_stride or None):
+                                 rank=ctx.rank, world_size=ctx.world_size, stride=r.eval_stride or None,
+                                 equal_per_rank=self.ep_groups is not None):
             # eager unless --compile-eval: a few forward passes do not repay a second compilation
             full = x.shape[0] == r.batch_size
             fwd = self.eval_forward if self.cfg.optim.compile_eval and full else self.step_module
@@ -234,29 +270,48 @@ class Trainer:
         all_reduce(total, ctx)
         return float(total[0] / total[1]) if float(total[1]) > 0 else float("nan")
 
-    # checkpointable state: tensors and plain types only (loads with torch.load(weights_only=True))
+    # checkpointable state: tensors and plain types only (loads with torch.load(weights_only=True)).
+    # With expert parallelism it is the unsharded model's, so it loads at any --expert-parallel.
     def state(self, progress: dict) -> dict:
-        return {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        """The checkpoint; with --expert-parallel every rank must call it (the expert shards are gathered)."""
+        ep, g = mrb.expert_parallel, self.ep_groups
+        model = ep.full_state_dict(self.model, g) if g else self.model.state_dict()
+        optim = ep.full_optimizer_state_dict(self.optimizer, self.model, g) if g else self.optimizer.state_dict()
+        return {"step": self.step, "model": model, "optimizer": optim,
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "data_generator": self.generator.get_state(), "config": self.model_cfg.to_dict(),
                 "args": self.cfg.flat(), "progress": progress}
 
     def load(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        """Load a checkpoint of the unsharded model (written at any --expert-parallel)."""
+        if self.ep_groups is not None:  # this rank's experts' slices
+            mrb.expert_parallel.load_full_state_dict(self.model, state["model"], self.ep_groups)
+            mrb.expert_parallel.load_full_optimizer_state_dict(self.optimizer, state["optimizer"], self.model,
+                                                               self.ep_groups)
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["data_generator"].cpu())
         self.step = int(state["step"])
 
     def param_max_abs_diff_across_ranks(self) -> float:
-        """max |p_rank - p_rank0| over all parameters and ranks (0.0 on one process)."""
+        """max |p_rank - p_rank0| over all parameters and ranks (0.0 on one process); expert shards
+        are compared within their data-parallel group (the ranks holding the same experts)."""
         if self.ctx.world_size == 1:
             return 0.0
+        experts = set(mrb.expert_parallel.expert_parameter_names(self.model))
+        named = list(self.model.named_parameters())
+        groups = [(dist.group.WORLD, [p for n, p in named if n not in experts])]
+        if self.ep_groups is not None:
+            groups.append((self.ep_groups.dp_group, [p for n, p in named if n in experts]))
+        diff = torch.zeros(1, device=self.ctx.device)
         with torch.no_grad():
-            flat = torch.cat([p.detach().float().reshape(-1) for p in self.model.parameters()])
-            ref = flat.clone()
-            dist.broadcast(ref, 0)
-            diff = (flat - ref).abs().max().reshape(1)
+            for group, params in groups:
+                flat = torch.cat([p.detach().float().reshape(-1) for p in params])
+                ref = flat.clone()
+                dist.broadcast(ref, dist.get_global_rank(group, 0), group=group)
+                diff = torch.maximum(diff, (flat - ref).abs().max().reshape(1))
             dist.all_reduce(diff, op=dist.ReduceOp.MAX)
         return float(diff)
