@@ -11,7 +11,7 @@ torch, never triton or matplotlib.
 from .harness.cases import SHAPES, STAGES, Case, bench_stages, main_shape, make_inputs, stage_callables
 from .harness.seed_names import SEED_BACKEND_NAMES, SEED_FLAG_ALIASES
 from .harness.records import append_jsonl, atomic_target, environment, read_jsonl, write_atomic
-from .harness.timing import Timing, copy_bandwidth, cuda_event_timer, matmul_flops, measure, stable_cpu_allocator
+from .harness.timing import Timing, copy_bandwidth, matmul_flops, measure, stable_cpu_allocator
 from .routing import expert_parallel, metrics
 from .routing.backends import BACKENDS, Backend, available_backends, backend_unavailable_reason, get_backend
 from .routing.dispatch import combine, pack
@@ -32,7 +32,7 @@ __all__ = [
     "Backend", "Case", "ConfigError", "ExpertParallelGroups", "ExpertParallelMoELayer", "MoEAux", "MoEConfig",
     "MoELayer", "Plan", "Routing", "Timing", "append_jsonl", "atomic_target", "available_backends",
     "backend_unavailable_reason", "balance_loss", "bench_stages", "build_plan", "canonical_strategy", "capacity",
-    "check_seed_semantics", "combine", "copy_bandwidth", "cuda_event_timer", "environment", "expert_parallel",
+    "check_seed_semantics", "combine", "copy_bandwidth", "environment", "expert_parallel",
     "expert_parallel_groups", "get_backend", "main_shape", "make_inputs", "matmul_flops", "measure", "metrics",
     "moe_layer", "pack", "parse_dtype", "read_jsonl", "route", "seed_balance_loss", "seed_route_factor",
     "shard_experts", "stable_cpu_allocator", "stage_callables", "update_aux_free_bias", "write_atomic", "z_loss",

@@ -6,17 +6,15 @@
         rec = stage_benchmark("pack", backend="torch")
 
 `stage_benchmark(stage, backend="torch", **case_options)` builds the stage with
-`moe_routing_bench.bench` (Case, make_inputs, stage_callables: the callables the CLI and asv
-time) and times it with `benchmark.pedantic`, the way `moe_routing_bench.timing.measure` (the
-CLI's timer) does:
-- GPU: CUDA events. Each round's `setup` queues an L2 flush (a read, as measure's) and a short GPU spin, without waiting,
-  so the host enqueues the whole stage before the GPU reaches the start event; the timer
-  (`timing.cuda_event_timer`) records the start event on its first call of a round and on the second
-  records the end event, waits for it and returns the elapsed GPU time. The CLI's measure queues
-  100 repetitions ahead the same way: launch overhead is hidden in both. DESIGN section 7's main
-  case, bf16, 100 rounds after 10 warm-up rounds, as the CLI's defaults.
-- CPU: perf_counter, one torch thread, fixed allocator thresholds, small sizes (a regression
-  signal, not a claim).
+`moe_routing_bench.harness.cases` (Case, make_inputs, stage_callables: the callables the CLI and asv
+time) and times it with `moe_routing_bench.measure`, the CLI's timer (GPU: CUDA events, each
+repetition behind an L2 flush, all queued ahead so launch overhead is hidden; CPU: perf_counter).
+pytest-benchmark then records measure's samples, in order, as its rounds (`benchmark.pedantic`
+over a no-op with a timer that replays them), so its stats and JSON are those of the CLI's timer.
+- GPU: DESIGN section 7's main case, bf16, 100 repetitions after 10 warm-up calls (at least 50 ms),
+  as the CLI's defaults.
+- CPU: one torch thread, fixed allocator thresholds, small sizes, 20 repetitions after 3 (a
+  regression signal, not a claim).
 - `extra_info`: device, device name, torch/triton versions, case (shapes, dtype, workload, seed),
   strict bytes, GB/s, tokens/s and the timer; `stats.median` is what asv_store exports.
 
@@ -26,18 +24,34 @@ the fixture then checks that the stage runs and returns its record without timin
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import pytest
 import torch
 
 from moe_routing_bench.harness import cases as bench
 from moe_routing_bench.harness import records as store
-from moe_routing_bench.harness.timing import cuda_event_timer, stable_cpu_allocator
+from moe_routing_bench.harness.timing import measure, stable_cpu_allocator
 from moe_routing_bench.routing.backends import backend_unavailable_reason, get_backend
 
-ROUNDS = {"cpu": (20, 3), "cuda": (100, 10)}  # (rounds, warm-up rounds)
-TIMER = {"cuda": "CUDA events around the stage, queued behind an L2 flush and a GPU spin (host ahead)",
-         "cpu": "perf_counter around the stage, one torch thread"}
-SPIN_CYCLES = 4_000_000  # ~2 ms at H100 clocks: longer than the host needs to enqueue a stage
+ROUNDS = {"cpu": (20, 3), "cuda": (100, 10)}  # (repetitions, warm-up calls)
+TIMER = {"cuda": "moe_routing_bench.measure: CUDA events around the stage, each behind an L2 flush (host ahead)",
+         "cpu": "moe_routing_bench.measure: perf_counter around the stage, one torch thread"}
+
+
+def replay_timer(samples_s) -> Callable[[], float]:
+    """A pytest-benchmark timer whose rounds last `samples_s` in turn: calls alternate start
+    (return the clock) and end (advance the clock by the next sample, return it)."""
+    clock, started, samples = 0.0, False, iter(samples_s)
+
+    def timer() -> float:
+        nonlocal clock, started
+        if started:
+            clock += next(samples)
+        started = not started
+        return clock
+
+    return timer
 
 
 def device() -> str:
@@ -66,26 +80,20 @@ def stage_benchmark(benchmark):
         inputs = bench.make_inputs(case)
         fn = bench.stage_callables(get_backend(backend), case, inputs)[stage]
         cuda = case.device.startswith("cuda")
-        # as timing.measure: read a buffer larger than L2 (a write would leave dirty lines to evict)
-        flush = torch.ones(256 * 2**20 // 4, dtype=torch.int32, device=case.device) if cuda else None
-        flush_out = torch.empty(1, dtype=torch.int64, device=case.device) if cuda else None
-
-        def setup():
-            if cuda:
-                torch.sum(flush, dim=0, keepdim=True, dtype=torch.int64, out=flush_out)
-                if hasattr(torch.cuda, "_sleep"):
-                    torch.cuda._sleep(SPIN_CYCLES)
-
-        rounds, warmup = ROUNDS["cuda" if cuda else "cpu"]
+        reps, warmup = ROUNDS["cuda" if cuda else "cpu"]
         benchmark.group = f"{stage} {case.device}"
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1 if not cuda else threads)  # 2 threads on 2 vCPUs: bimodal samples
-        if cuda:
-            benchmark._timer = cuda_event_timer()  # pytest-benchmark 5.x reads it for each round
-        try:
-            benchmark.pedantic(fn, setup=setup, rounds=rounds, warmup_rounds=warmup, iterations=1)
-        finally:
-            torch.set_num_threads(threads)
+        timing = None
+        if benchmark.disabled:
+            benchmark.pedantic(fn)  # runs the stage once
+        else:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1 if not cuda else threads)  # 2 threads on 2 vCPUs: bimodal samples
+            try:
+                timing = measure(fn, case.device, warmup=warmup, iters=reps)
+            finally:
+                torch.set_num_threads(threads)
+            benchmark._timer = replay_timer(timing.samples_s)  # pytest-benchmark 5.x reads it for each round
+            benchmark.pedantic(lambda: None, rounds=timing.reps, iterations=1)
         env = store.environment(case.device)
         info = {"stage": stage, "backend": backend, **case.as_record(), "device_name": env["device_name"],
                 "torch": env["torch"], "triton": env["triton"], "timer": TIMER["cuda" if cuda else "cpu"]}
@@ -96,6 +104,7 @@ def stage_benchmark(benchmark):
         if stats is not None:
             median = stats.stats.median
             info["median_us"] = median * 1e6
+            info["measure_median_us"] = timing.median_us  # the same samples: equal to median_us
             info["tokens_per_s"] = case.num_tokens / median
             if nbytes is not None:
                 info["GBps"] = nbytes / median / 1e9

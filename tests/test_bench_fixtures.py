@@ -15,6 +15,7 @@ def test_stage(stage_benchmark, stage, backend):  # noqa: F811
     assert info["stage"] == stage and info["backend"] == backend and info["device_name"]
     if "median_us" in info:  # absent under --benchmark-disable
         assert info["median_us"] > 0
+        assert info["median_us"] == pytest.approx(info["measure_median_us"], rel=1e-9)  # pytest-benchmark saw measure's samples
         assert ("GBps" in info) == (stage in ("pack", "combine", "routing_path"))
 
 
@@ -22,3 +23,13 @@ def test_stage(stage_benchmark, stage, backend):  # noqa: F811
 def test_routing_path_skewed(stage_benchmark, workload):  # noqa: F811
     info = stage_benchmark("routing_path", "torch", workload=workload)
     assert info["workload"] == workload
+
+
+def test_replay_timer_rounds_last_the_samples():
+    from benchfix import replay_timer
+
+    timer, samples = replay_timer([3e-6, 1e-6, 2e-6]), []
+    for _ in range(3):
+        start = timer()
+        samples.append(timer() - start)
+    assert samples == pytest.approx([3e-6, 1e-6, 2e-6], rel=1e-9)

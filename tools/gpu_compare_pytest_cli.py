@@ -5,9 +5,9 @@
 
 The case is the benchmark fixture's (tests/benchfix.py): on a GPU DESIGN section 7's T=16384
 H=4096 E=128 k=2, bf16, uniform, seed 17; on CPU the small case. The CLI (`moe-bench
-bench-routing`) times with CUDA events around each call after an L2 flush; the fixture with
-perf_counter around call + synchronize after the same flush. Exit 1 when the medians differ by
-more than the tolerance (relative to the CLI's). Writes the CLI's JSONL and pytest-benchmark's
+bench-routing`) and the fixture both time with `moe_routing_bench.measure` (CUDA events around
+each call after an L2 flush; perf_counter on CPU): this checks that the fixture times the same
+case the same way. Exit 1 when the medians differ by more than the tolerance (relative to the CLI's). Writes the CLI's JSONL and pytest-benchmark's
 JSON into $OUT (or a temporary folder) for asv_store.
 """
 from __future__ import annotations
@@ -59,9 +59,9 @@ def main() -> int:
     ratio = pytest_us / cli_us
     print(f"case: {args.stage} {args.backend} T={case.num_tokens} H={case.hidden_dim} E={case.num_experts} "
           f"k={case.top_k} {case.dtype} {case.workload} on {rec['device_name']}")
-    cli_how = "CUDA events" if case.device == "cuda" else "perf_counter"
-    print(f"CLI (moe-bench bench-routing, {cli_how:>12})   median {cli_us:10.1f} us")
-    print(f"pytest-benchmark (perf_counter + synchronize)   median {pytest_us:10.1f} us")
+    how = "CUDA events" if case.device == "cuda" else "perf_counter"
+    print(f"CLI (moe-bench bench-routing), measure, {how:<12} median {cli_us:10.1f} us")
+    print(f"pytest-benchmark (benchfix),   measure, {how:<12} median {pytest_us:10.1f} us")
     ok = abs(ratio - 1) <= args.tolerance
     print(f"pytest / CLI = {ratio:.3f}: {'agree' if ok else 'DISAGREE'} within {args.tolerance:.0%}")
     return 0 if ok else 1

@@ -5,7 +5,8 @@
            --num-experts 8 --top-k 2 --capacity-factor 1.25
 
 Arguments after `--` are train.py flags. Each router: `--warmup` steps (compilation), `--steps`
-wall-clock-timed steps, then `--profile-steps` under torch.profiler. Writes per router a JSON
+steps timed by `moe_routing_bench.measure` (device time per step), `--steps` more timed on the host
+without synchronising (issue time), then `--profile-steps` under torch.profiler. Writes per router a JSON
 summary (host ms/step, summed kernel ms/step, kernels/step, the busiest kernels) and a
 key_averages table; prints one line per router. A diagnostic tool, not a benchmark.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,6 +22,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
+
+import moe_routing_bench as mrb  # noqa: E402
 
 from train.config import parse_train_args  # noqa: E402
 from train.trainer import Trainer, setup_distributed, sync  # noqa: E402
@@ -31,15 +33,11 @@ def profile_router(router: str, train_argv: list[str], warmup: int, steps: int, 
     cfg, _ = parse_train_args(["--bench", *train_argv, "--router", router])
     ctx = setup_distributed(cfg.run.device, cfg.run.distributed, cfg.run.dist_backend)
     run = Trainer(cfg, ctx)
-    for _ in range(warmup):
-        run.train_step()
+    # measure (CUDA events around each step, all queued ahead; no L2 flush) for the device view,
+    # then perf_counter around each call without a synchronize for the host's issue time
+    step = mrb.measure(run.train_step, ctx.device, warmup=warmup, iters=steps, flush_l2=False, warmup_s=None)
+    host_issue = mrb.measure(run.train_step, "cpu", warmup=0, iters=steps)  # the host may run ahead
     sync(ctx.device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        run.train_step()
-    host_issue = time.perf_counter() - t0  # time to issue `steps` steps (the host may run ahead)
-    sync(ctx.device)
-    wall = time.perf_counter() - t0
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(profile_steps):
             run.train_step()
@@ -51,8 +49,8 @@ def profile_router(router: str, train_argv: list[str], warmup: int, steps: int, 
     busiest = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:25]
     rec = {
         "router": router, "top_k": run.model_cfg.top_k, "tokens_per_step": run.tokens_per_step,
-        "wall_ms_per_step": 1e3 * wall / steps, "host_issue_ms_per_step": 1e3 * host_issue / steps,
-        "tokens_per_s": run.tokens_per_step * steps / wall,
+        "wall_ms_per_step": 1e3 * step.mean_s, "host_issue_ms_per_step": 1e3 * host_issue.mean_s,
+        "tokens_per_s": run.tokens_per_step / step.mean_s,  # tokens of the timed steps / their summed time
         "kernel_ms_per_step": kernel_us / 1e3 / profile_steps, "kernels_per_step": launches / profile_steps,
         "busiest": [{"name": e.key[:120], "count_per_step": e.count / profile_steps,
                      "us_per_step": e.self_device_time_total / profile_steps} for e in busiest],

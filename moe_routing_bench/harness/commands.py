@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -279,14 +279,24 @@ def _routing_load(case: bench.Case, inputs: bench.Inputs) -> dict:
             "capacity": plan.capacity}
 
 
+def _backend_stages(job: Job, case: bench.Case, inputs: bench.Inputs) -> Iterator[tuple[str, dict]]:
+    """(backend name, its stage callables on `inputs`) for each of the job's backends, one at a time."""
+    for name in job.backends:
+        yield name, bench.stage_callables(get_backend(name), case, inputs)
+
+
+def _cases_with_load(job: Job) -> Iterator[tuple[bench.Case, dict, Iterator[tuple[str, dict]]]]:
+    """For each case: (case, its routing load, its backends' stage callables); inputs made once per case."""
+    for case in job.cases:
+        inputs = bench.make_inputs(case)
+        yield case, _routing_load(case, inputs), _backend_stages(job, case, inputs)
+
+
 def cmd_pack(job: Job, ops: tuple[str, ...], label: str) -> None:
     """bench-pack (pack + combine), bench-pack-only, bench-combine-only."""
     run = Runner(job)
-    for case in job.cases:
-        inputs = bench.make_inputs(case)
-        load = _routing_load(case, inputs)
-        for name in job.backends:
-            fns = bench.stage_callables(get_backend(name), case, inputs)
+    for case, load, backends in _cases_with_load(job):
+        for name, fns in backends:
             times = {op: run.time(fns[op], case.device) for op in ops}
             seconds = sum(t.median_s for t in times.values())
             op = "pack_combine" if len(ops) == 2 else ops[0]
@@ -310,11 +320,8 @@ def cmd_pack(job: Job, ops: tuple[str, ...], label: str) -> None:
 def cmd_capacity(job: Job) -> None:
     """bench-capacity (one E, k; several capacity factors) and sweep-capacity (E x k x cf)."""
     run = Runner(job)
-    for case in job.cases:
-        inputs = bench.make_inputs(case)
-        load = _routing_load(case, inputs)
-        for name in job.backends:
-            fns = bench.stage_callables(get_backend(name), case, inputs)
+    for case, load, backends in _cases_with_load(job):
+        for name, fns in backends:
             t = run.time(fns["routing_path"], case.device)
             rec = bench.stage_record("routing_path", case, name, t, run.copy_bytes_per_s)
             rec.update(load, name=f"pack_capacity_{name}", elapsed_ms=t.median_s * 1e3)

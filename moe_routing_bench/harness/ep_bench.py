@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from dataclasses import asdict, dataclass
 
 import torch
@@ -36,7 +35,7 @@ import torch.distributed as dist
 from . import records, workloads
 from .tables import format_table
 from .cases import resolve_device
-from .timing import Timing, _summarise
+from .timing import Timing, measure
 from ..routing import metrics
 from ..routing.expert_parallel import ExpertParallelGroups, ExpertParallelMoELayer, expert_parallel_groups
 from ..routing.layer import MoEConfig, MoELayer
@@ -172,27 +171,9 @@ def init_distributed(device: torch.device, backend: str = "auto") -> bool:
 
 
 def measure_collective(fn, device: torch.device, warmup: int, iters: int) -> Timing:
-    """Time `fn` on every rank with the same number of calls (timing.measure's time-based warm-up
-    would let ranks call a collective a different number of times, and hang)."""
-    for _ in range(warmup):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    dist.barrier()
-    if device.type != "cuda":
-        samples = []
-        for _ in range(iters):
-            start = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - start)
-        return _summarise(samples, "perf_counter")
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
-    for start, end in events:
-        start.record()
-        fn()
-        end.record()
-    torch.cuda.synchronize(device)
-    return _summarise([s.elapsed_time(e) / 1e3 for s, e in events], "cuda_events")
+    """Time `fn` on every rank with the same number of calls: a fixed-count warm-up (a time-based
+    one would let ranks call a collective a different number of times, and hang), then a barrier."""
+    return measure(fn, device, warmup=warmup, iters=iters, flush_l2=False, warmup_s=None, after_warmup=dist.barrier)
 
 
 def _max_over_ranks(values: list[float], device: torch.device) -> list[float]:

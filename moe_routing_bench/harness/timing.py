@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
@@ -23,6 +23,7 @@ class Timing:
     mean_s: float
     reps: int
     method: str
+    samples_s: tuple[float, ...] = field(default=(), repr=False, compare=False)  # in timing order
 
     @property
     def median_us(self) -> float:
@@ -30,6 +31,7 @@ class Timing:
 
     def as_record(self, prefix: str = "") -> dict:
         d = asdict(self)
+        del d["samples_s"]
         return {f"{prefix}{k}": v for k, v in d.items()}
 
 
@@ -40,7 +42,7 @@ def _summarise(samples_s: list[float], method: str) -> Timing:
     def q(frac: float) -> float:
         return ordered[min(n - 1, max(0, round(frac * (n - 1))))]
 
-    return Timing(statistics.median(ordered), q(0.1), q(0.9), statistics.fmean(ordered), n, method)
+    return Timing(statistics.median(ordered), q(0.1), q(0.9), statistics.fmean(ordered), n, method, tuple(samples_s))
 
 
 def stable_cpu_allocator() -> bool:
@@ -60,33 +62,6 @@ def stable_cpu_allocator() -> bool:
         return False
 
 
-def cuda_event_timer() -> Callable[[], float]:
-    """A pytest-benchmark timer in seconds of GPU time; calls alternate start (record, return 0)
-    and end (record, wait, return the elapsed time since the start event)."""
-    start = None
-
-    def timer() -> float:
-        nonlocal start
-        if start is None:
-            start = torch.cuda.Event(enable_timing=True)
-            start.record()
-            return 0.0
-        end = torch.cuda.Event(enable_timing=True)
-        end.record()
-        end.synchronize()
-        elapsed, start = start.elapsed_time(end) / 1e3, None
-        return elapsed
-
-    return timer
-
-
-def cuda_sync_timer() -> float:
-    """perf_counter after a CUDA synchronize (when CUDA is up): a timer for pytest-benchmark."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-    return time.perf_counter()
-
-
 def measure(
     fn: Callable[[], object],
     device: torch.device | str,
@@ -95,14 +70,23 @@ def measure(
     iters: int = 100,
     flush_l2: bool = True,
     cuda_graph: bool = False,
+    warmup_s: float | None = 0.05,
+    after_warmup: Callable[[], object] | None = None,
 ) -> Timing:
-    """Time `fn()` (which must not allocate what it measures outside itself) on `device`."""
+    """Time `fn()` (which must not allocate what it measures outside itself) on `device`.
+
+    Warm-up: `warmup` calls; on CUDA at least one, continued until `warmup_s` seconds have passed
+    (long enough for the clocks to leave idle). `warmup_s=None`: exactly `warmup` calls, e.g. when
+    every rank must call a collective equally often. `after_warmup` (e.g. `dist.barrier`) runs once
+    after the warm-up, after a device synchronize, before the first timed call."""
     device = torch.device(device)
     if iters < 1 or warmup < 0:
         raise ValueError(f"need iters >= 1 and warmup >= 0, got {iters}, {warmup}")
     if device.type != "cuda":
         for _ in range(warmup):
             fn()
+        if after_warmup is not None:
+            after_warmup()
         samples = []
         for _ in range(iters):
             start = time.perf_counter()
@@ -111,13 +95,20 @@ def measure(
         return _summarise(samples, "perf_counter")
 
     torch.cuda.synchronize(device)
-    deadline = time.perf_counter() + 0.05  # also long enough for the clocks to leave idle
-    done = 0
-    while done < max(warmup, 1) or time.perf_counter() < deadline:
-        fn()
-        done += 1
-        if done % 8 == 0:
-            torch.cuda.synchronize(device)
+    if warmup_s is None:
+        for _ in range(warmup):
+            fn()
+    else:
+        deadline = time.perf_counter() + warmup_s
+        done = 0
+        while done < max(warmup, 1) or time.perf_counter() < deadline:
+            fn()
+            done += 1
+            if done % 8 == 0:
+                torch.cuda.synchronize(device)
+    if after_warmup is not None:
+        torch.cuda.synchronize(device)
+        after_warmup()
     target = fn
     if cuda_graph:
         stream = torch.cuda.Stream(device)

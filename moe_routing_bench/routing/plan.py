@@ -62,6 +62,7 @@ def num_rows(num_tokens: int, top_k: int, num_experts: int, capacity: int | None
     return assignments if capacity is None else min(assignments, num_experts * capacity)
 
 
+# Backends' plan_tensors (e.g. _triton/plan_kernels.py) repeat this signature on purpose: they plug in through it.
 def plan_tensors(
     expert_ids_TK: torch.Tensor,
     weights_TK: torch.Tensor,

@@ -20,6 +20,8 @@ from .launch import Launcher, cdiv, empty, next_pow2
 from .pack_kernels import default_config, prune_row_configs, row_configs, zero_empty_rows
 
 
+# Its token-block prologue and slot loop repeat pack_kernels._pack_kernel's on purpose: a shared
+# @triton.jit helper changes the generated code, which needs a GPU to re-verify performance.
 @triton.jit
 def _combine_kernel(y_ptr, row_ptr, gate_ptr, out_ptr,
                     T, R, H, stride_y, stride_o,
@@ -49,6 +51,8 @@ def _combine_kernel(y_ptr, row_ptr, gate_ptr, out_ptr,
                  mask=tm[:, None] & cm[None, :])
 
 
+# Its token-block prologue and slot loop repeat pack_kernels._pack_kernel's on purpose: a shared
+# @triton.jit helper changes the generated code, which needs a GPU to re-verify performance.
 @triton.jit
 def _combine_bwd_kernel(go_ptr, y_ptr, row_ptr, gate_ptr, tok_ptr, gy_ptr, gg_ptr,
                         T, R, H, stride_go, stride_y, stride_gy,

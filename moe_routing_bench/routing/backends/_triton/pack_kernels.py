@@ -37,6 +37,8 @@ def zero_empty_rows(prog, tok_ptr, out_ptr, T, R, H, stride_o,
                  mask=is_empty[:, None] & (cols < H)[None, :])
 
 
+# combine_kernels' two kernels repeat this prologue and slot loop on purpose: a shared @triton.jit
+# helper changes the generated code, which needs a GPU to re-verify performance.
 @triton.jit
 def _pack_kernel(x_ptr, row_ptr, gate_ptr, tok_ptr, out_ptr,
                  T, R, H, stride_x, stride_o,

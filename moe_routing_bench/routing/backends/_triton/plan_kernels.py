@@ -411,6 +411,7 @@ def _tuned_plan_config(key: str, run, candidates: list) -> tuple:
     return best
 
 
+# The signature repeats routing/plan.py's plan_tensors on purpose: backends plug in through it.
 def plan_tensors(
     expert_ids_TK: torch.Tensor,
     weights_TK: torch.Tensor,
