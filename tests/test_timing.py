@@ -28,7 +28,7 @@ def test_samples_are_kept_in_order_but_left_out_of_records():
     assert "samples_s" not in t.as_record() and set(t.as_record("x_")) == {f"x_{k}" for k in t.as_record()}
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA: the time-based warm-up")
+@pytest.mark.gpu  # CUDA: the time-based warm-up; deselected and counted without a GPU
 def test_time_based_warmup_runs_at_least_warmup_s():
     calls = []
     mrb.measure(lambda: calls.append(1), "cuda", warmup=1, iters=1, flush_l2=False, warmup_s=0.02)

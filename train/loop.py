@@ -280,20 +280,24 @@ def bench(cfg: TrainConfig) -> dict:
         device = ctx.device
         for _ in range(b.bench_warmup):
             t.train_step()
-        sync(device)
-        lock = wait_for_partners(b.bench_sync_dir, b.bench_group) if b.bench_sync_dir and ctx.is_main else None
-        if ctx.world_size > 1:
-            dist.barrier()
-        times = []
-        for _ in range(b.bench_repeats):
-            sync(device)
-            t0 = time.perf_counter()
+        locks = []
+
+        def ready():  # after the warm-up (measure synchronises first): partners, timing lock, all ranks
+            if b.bench_sync_dir and ctx.is_main:
+                locks.append(wait_for_partners(b.bench_sync_dir, b.bench_group))
+            if ctx.world_size > 1:
+                dist.barrier()
+
+        def block():
             for _ in range(b.bench_steps):
                 t.train_step()
-            sync(device)
-            seg = torch.tensor([time.perf_counter() - t0], device=device, dtype=torch.float64)
-            all_reduce(seg, ctx, dist.ReduceOp.MAX if ctx.world_size > 1 else None)
-            times.append(float(seg))
+
+        # one sample per block of timed steps (CUDA events, or perf_counter on CPU), then each block's slowest rank
+        timing = mrb.measure(block, device, warmup=0, iters=b.bench_repeats, flush_l2=False, warmup_s=None,
+                             after_warmup=ready)
+        seg = torch.tensor(timing.samples_s, device=device, dtype=torch.float64)
+        times = all_reduce(seg, ctx, dist.ReduceOp.MAX if ctx.world_size > 1 else None).tolist()
+        lock = locks[0] if locks else None
         if lock is not None:
             fcntl.flock(lock, fcntl.LOCK_UN)
             lock.close()
