@@ -414,10 +414,12 @@ def print_table(rows: list[dict]) -> None:
           f"{'drop':>6}  {'load_cv':>7}  causal" + ("  bench tokens/s (alone)" if bench else "") + "  not distinguishable from")
     for r in sorted(means, key=lambda r: (r["semantics"], r["recipe"], str(r["max_steps"]),
                                           r["final_val_ppl"] is None, r["final_val_ppl"] or 0)):
-        ppl = "-" if r["final_val_ppl"] is None else f"{r['final_val_ppl']:.3f}±{r['final_val_ppl_std']:.3f}"
+        spread = r["n_seeds"] > 1  # one seed has no spread: print the value alone, not "±0"
+        ppl = "-" if r["final_val_ppl"] is None else \
+            f"{r['final_val_ppl']:.3f}" + (f"±{r['final_val_ppl_std']:.3f}" if spread else "")
         sem = r["semantics"] + ("" if r["recipe"] == "ours" else f"/{r['recipe']}")
         tps = "-" if r["median_tokens_per_s"] is None else \
-            f"{r['median_tokens_per_s']:,.0f}±{r['median_tokens_per_s_std']:,.0f}"
+            f"{r['median_tokens_per_s']:,.0f}" + (f"±{r['median_tokens_per_s_std']:,.0f}" if spread else "")
         drop = "-" if r["mean_drop_rate"] is None else f"{r['mean_drop_rate']:.3f}"
         cv = "-" if r["mean_load_cv"] is None else f"{r['mean_load_cv']:.3f}"
         print(f"{r['router']:<14}{sem:<34}{r['num_experts']:>4}{r['top_k']:>3}{str(r['capacity_factor']):>6}"
