@@ -2,7 +2,7 @@
 training run each.
 
     torchrun train/sweep.py                       # a sweep sized for this machine (--preset auto)
-    python train/sweep.py --preset seed --data ../shared/data/tinystories_val.txt   # the older tool's grid
+    python train/sweep.py --preset seed --data data/tinystories_val.txt   # the older tool's grid
     torchrun --standalone --nproc_per_node=4 train/sweep.py ...   # each run one DDP job on all ranks
 
 Every train.py flag applies to every run (the same flags, generated from train/config.py), except

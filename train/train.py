@@ -1,7 +1,7 @@
 """Train a small MoE language model (one process, or DDP under torchrun) and log what routing costs.
 
     python train/train.py --max-steps 200 --eval-interval 50                 # generated stories
-    python train/train.py --data ../shared/data/tinystories_val.txt ...      # a text file of yours
+    python train/train.py --data data/tinystories_val.txt ...      # a text file of yours
     torchrun --standalone --nproc_per_node=2 train/train.py --distributed
     torchrun --standalone --nproc_per_node=8 train/train.py --expert-parallel 4    # EP 4 x DP 2
     python train/train.py --preset seed --router top1                        # the older tool's recipe
