@@ -3,7 +3,6 @@ and path checks; and the published dashboard rendered offline."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import itertools
 import json
 import os
@@ -12,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import pytest
 
 from moe_routing_bench.suite import store as asv_store
@@ -201,14 +201,6 @@ def test_register_machine_writes_a_file_asv_reads_without_questions(tmp_path):
 
 
 # ------------------------------------------------------------------------------ the dashboard
-def _require(what: str, ok: bool) -> None:
-    """Skip when a tool is missing here; fail instead where MOE_BENCH_REQUIRE_DASHBOARD=1 (CI)."""
-    if not ok:
-        if os.environ.get("MOE_BENCH_REQUIRE_DASHBOARD") == "1":
-            pytest.fail(f"{what} is required (MOE_BENCH_REQUIRE_DASHBOARD=1)")
-        pytest.skip(f"{what} not available")
-
-
 def _graph_values(html: Path, benchmark: str) -> list[float]:
     values = []
     for graph in html.glob(f"graphs/**/{benchmark}.json"):
@@ -223,15 +215,7 @@ def test_dashboard_renders_offline_with_kernel_and_training_graphs(tmp_path):
     from moe_routing_bench.suite import dashboard as pub
     import browser
 
-    _require("asv", importlib.util.find_spec("asv") is not None)
-    try:
-        browser.find_chromium()
-        chromium = True
-    except browser.BrowserNotFoundError:
-        chromium = False
-    _require("chromium", chromium)
-    _require("npm or the dashboard vendor cache", shutil.which("npm") is not None
-             or (pub.default_cache_dir() / "packages").is_dir())
+    helpers.require_dashboard_tools()
     kernel = "bench_pack.Pack.time_pack"
     store_src = ROOT / "results" / "asv"
     runs = sorted(store_src.glob("*/*-virtualenv-*.json"), key=lambda p: json.loads(p.read_text())["date"])
@@ -248,7 +232,7 @@ def test_dashboard_renders_offline_with_kernel_and_training_graphs(tmp_path):
     try:
         html = pub.publish(tmp_path / "asv.conf.json")  # asv publish + local copies of the CDN libraries
     except pub.VendoringError as e:  # npm present but the registry unreachable, and no cache
-        _require(f"the dashboard's npm packages ({e})", False)
+        helpers.require(f"the dashboard's npm packages ({e})", False)
 
     assert _graph_values(html, kernel), "no kernel benchmark values in the published graphs"
     assert 30.0 < max(_graph_values(html, "exported.Training.track_final_val_ppl")) <= 40.0

@@ -11,26 +11,17 @@ is kept in this repository's .asv/env, gitignored, so later runs reuse it) plus 
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: asv, pytest
-
-
-def _require(what: str, ok: bool) -> None:
-    """Skip when a tool is missing here; fail instead where MOE_BENCH_REQUIRE_DASHBOARD=1 (CI)."""
-    if not ok:
-        if os.environ.get("MOE_BENCH_REQUIRE_DASHBOARD") == "1":
-            pytest.fail(f"{what} is required (MOE_BENCH_REQUIRE_DASHBOARD=1)")
-        pytest.skip(f"{what} not available")
 
 
 def _run(cmd: list[str], cwd: Path, env: dict, timeout: int) -> subprocess.CompletedProcess:
@@ -50,17 +41,8 @@ def _changes(clone: Path) -> list[str]:
 def test_asv_run_publish_and_pytest_benchmark_as_typed_on_a_clean_clone(tmp_path):
     import browser  # tests/browser.py
 
-    _require("asv", importlib.util.find_spec("asv") is not None and (BIN / "asv").exists())
-    try:
-        browser.find_chromium()
-        chromium = True
-    except browser.BrowserNotFoundError:
-        chromium = False
-    _require("chromium", chromium)
+    helpers.require_dashboard_tools(asv_ok=(BIN / "asv").exists())
     from moe_routing_bench.suite import dashboard
-
-    _require("npm or the dashboard vendor cache", shutil.which("npm") is not None
-             or (dashboard.default_cache_dir() / "packages").is_dir())
 
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
@@ -108,7 +90,7 @@ def test_torchrun_sweep_as_typed_on_a_clean_clone(tmp_path):
     """`torchrun train/sweep.py` with no arguments on a clean clone: the machine-sized sweep (3 tiny runs
     on a CPU, about 2 minutes on 2 idle cores), a progress line per run, exit 0, outputs only under the
     git-ignored runs/, nothing committed rewritten."""
-    _require("torchrun", (BIN / "torchrun").exists())
+    helpers.require("torchrun", (BIN / "torchrun").exists())
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TRITON_INTERPRET")}

@@ -15,14 +15,13 @@ from __future__ import annotations
 import copy
 import datetime
 import json
-import os
-import socket
 from dataclasses import dataclass
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import free_port
 from torch import nn
 
 import moe_routing_bench as mrb
@@ -268,19 +267,13 @@ def _worker(rank: int, world: int, port: int, out_path: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 _RESULTS: dict[int, list[dict]] = {}
 
 
 def _results(world: int, tmp_path_factory) -> list[dict]:
     if world not in _RESULTS:
         out = tmp_path_factory.mktemp(f"ep{world}") / "results.json"
-        mp.spawn(_worker, args=(world, _free_port(), str(out)), nprocs=world, join=True)
+        mp.spawn(_worker, args=(world, free_port(), str(out)), nprocs=world, join=True)
         _RESULTS[world] = json.loads(out.read_text())
     return _RESULTS[world]
 

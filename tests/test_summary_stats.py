@@ -142,6 +142,16 @@ def test_frontier_select_and_per_layer_curves(summary, tmp_path):
     curve = tmp_path / "curve.png"
     assert plot_curve.main(["--log", str(log), "--metrics", "load_cv_kept,load_cv_kept_per_layer", "--out", str(curve)]) == 0
     assert curve.stat().st_size > 1000
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # atomic: no temp left
+
+
+def test_curve_of_a_missing_log_is_one_usage_error(tmp_path, capsys):
+    from train import plot_curve
+
+    with pytest.raises(SystemExit) as e:
+        plot_curve.main(["--log", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "c.png")])
+    assert e.value.code == 2 and "no training log at" in capsys.readouterr().err
+    assert not (tmp_path / "c.png").exists()
 
 
 def test_markdown_table(summary, tmp_path):

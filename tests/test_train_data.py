@@ -197,7 +197,7 @@ def test_export_offline_is_one_line(tmp_path):
     assert r.returncode == 2, r.stderr
     assert "network access to the Hugging Face hub" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
-    assert not out.exists() and list(tmp_path.glob(".tmp_export_*")) == []
+    assert not out.exists() and list(tmp_path.glob(".*")) == []  # no temp file left
 
 
 def test_export_writes_clean_stories_atomically(tmp_path):

@@ -3,7 +3,6 @@ like one process with the same global batch; checkpoints hold the unsharded mode
 run resumes at EP2 or EP1 as if never stopped; bad sizes are one-line errors."""
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import Crash, crash_at, free_port
 
 from train import loop
 from train import sweep
@@ -30,17 +30,6 @@ COMMON = ["--device", "cpu", "--num-stories", "300", "--seq-len", "32", "--layer
 TOL_DDP = dict(rel=1e-6, abs=1e-6)  # measured: 9.4e-8 (train), 3.2e-8 (val)
 TOL_ONE_PROCESS = dict(rel=1e-5, abs=1e-5)  # measured 9.4e-8; plus one process's capacity groups and aux-loss averaging
 TOL_RESUME = dict(rel=1e-7, abs=1e-7)  # measured: identical
-
-
-class Crash(RuntimeError):
-    pass
-
-
-def crash_at(step):
-    def on_event(event, s):
-        if event == "log" and s == step:
-            raise Crash(f"crash after step {s}")
-    return on_event
 
 
 def cfg_for(root: Path, name: str, *extra: str):
@@ -76,16 +65,10 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ep_train")
-    mp.spawn(_worker, args=(2, _free_port(), str(root)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(root)), nprocs=2, join=True)
     return root
 
 

@@ -5,21 +5,11 @@ import time
 
 import pytest
 import torch
+from helpers import Crash, crash_at
 
 from train import loop
 from train import train as T
 from train.config import parse_train_args
-
-
-class Crash(RuntimeError):
-    pass
-
-
-def crash_at(step):
-    def on_event(event, s):
-        if event == "log" and s == step:
-            raise Crash(f"crash after step {s}")
-    return on_event
 
 
 def args_for(tmp_path, *extra, name="run"):

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import sys
-import tempfile
 from typing import Iterable, NoReturn
+
+import moe_routing_bench as mrb
 
 DATASET = "roneneldan/TinyStories"
 SPLITS = ("train", "validation")  # the dataset has no "test" split
@@ -38,24 +38,15 @@ def clean(text: str) -> str:
 
 def write_stories(stories: Iterable[str], out: str) -> int:
     """Write non-empty cleaned stories separated by a blank line, atomically; return the count."""
-    out_dir = os.path.dirname(os.path.abspath(out))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_export_", dir=out_dir)
     count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for story in stories:
-                story = clean(story)
-                if story:
-                    f.write(("\n\n" if count else "") + story)
-                    count += 1
-            if count:
-                f.write("\n")
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with mrb.atomic_target(out) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        for story in stories:
+            story = clean(story)
+            if story:
+                f.write(("\n\n" if count else "") + story)
+                count += 1
+        if count:
+            f.write("\n")
     return count
 
 

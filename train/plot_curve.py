@@ -9,30 +9,33 @@ metric (val_loss between evaluations) are skipped; the done record is ignored. A
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+# run as a script, this folder comes first on sys.path and "train" would be train/train.py itself
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "train"]
+sys.path.insert(0, str(ROOT))
+
+import moe_routing_bench as mrb  # noqa: E402
+from train.figures import save_figure  # noqa: E402
+
 
 def read_log(path: str) -> list[dict]:
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not r.get("done"):
-            rows.append(r)
-    return rows
+    """The step records of a train_log.jsonl (its final "done" record left out)."""
+    return [r for r in mrb.read_jsonl(path) if not r.get("done")]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Plot step-wise metrics of train_log.jsonl files")
     p.add_argument("--log", nargs="+", required=True, help="train_log.jsonl path(s)")
     p.add_argument("--metrics", default="train_loss,val_loss,ppl", help="comma list of record keys")
-    p.add_argument("--out", default="results/training_curve.png")
+    p.add_argument("--out", default="runs/training_curve.png", help="PNG to write (runs/ is git-ignored)")
     p.add_argument("--labels", default=None, help="comma list of line labels (default: run folder names)")
     args = p.parse_args(argv)
+    for log in args.log:
+        if not Path(log).is_file():
+            p.error(f"no training log at {log} (a run writes <outdir>/train_log.jsonl)")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -62,9 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(ax.get_lines()) > 1:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=120)
-    plt.close(fig)
+    save_figure(fig, args.out, dpi=120)
     if not plotted:
         print(f"plot_curve.py: none of {metrics} found in {args.log}", file=sys.stderr)
         return 1

@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "train"]
 sys.path.insert(0, str(ROOT))
 
+from train.figures import save_figure  # noqa: E402
+
 MARKERS = {1: "o", 2: "s", 3: "D", 4: "^", 8: "v"}
 
 
@@ -106,10 +108,8 @@ def plot(points: list[dict], out: str, x_label: str, y_label: str, title: str) -
     ax.set_ylabel(y_label)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
+    save_figure(fig, out, dpi=130)
     return front
 
 
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--summary", required=True, help="CSV from train/summarize.py")
     p.add_argument("--filter-E", type=int, default=None)
     p.add_argument("--filter-dim", type=int, default=None)
-    p.add_argument("--out", default="results/routing_frontier.png")
+    p.add_argument("--out", default="runs/routing_frontier.png")
     p.add_argument("--x", default="auto", help="x column (higher is better); auto: bench_tokens_per_s "
                    "(throughput timed alone) where the summary has it, else median_tokens_per_s")
     p.add_argument("--y", default="final_val_ppl", help="y column (lower is better), e.g. best_val_ppl")

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "train"]
 sys.path.insert(0, str(ROOT))
 
+from train.figures import save_figure  # noqa: E402
 from train.summarize import ci95_halfwidth, welch  # noqa: E402
 
 
@@ -126,9 +127,7 @@ def plot(summary: str, a: dict, b: dict, out: str, metric: str = "final_val_ppl"
     fig.suptitle(f"{label_a} vs {label_b}\nsquares: mean, bars: {bars}; dots: seeds; ≈: Welch p ≥ {level}",
                  fontsize=9)
     fig.tight_layout()
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=130)
-    plt.close(fig)
+    save_figure(fig, out, dpi=130)
     return table
 
 
@@ -142,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metric", default="final_val_ppl", help="a per-run column, lower is better")
     p.add_argument("--err", choices=("std", "ci95"), default="std")
     p.add_argument("--level", type=float, default=0.05, help="Welch test level for the ≈ marks")
-    p.add_argument("--out", default="results/train/seed_vs_ours.png")
+    p.add_argument("--out", default="runs/seed_vs_ours.png")
     args = p.parse_args(argv)
     try:
         table = plot(args.summary, parse_selection(args.a), parse_selection(args.b), args.out, args.metric, args.err,

@@ -39,6 +39,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import moe_routing_bench as mrb
+
 ROOT = Path(__file__).resolve().parents[1]
 # run as a script, this folder comes first on sys.path and "train" would be train/train.py itself
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "train"]
@@ -322,14 +324,11 @@ def load_bench(paths: list[str]) -> dict[tuple, dict]:
 
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with mrb.atomic_target(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
-    tmp.replace(path)
 
 
 def pairs_path(out: str | Path) -> Path:
@@ -492,7 +491,7 @@ def attribution_table(rows: list[dict], metric: str = "final_val_loss", level: f
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", nargs="+", default=["runs/routing_sweep/*"], help="run folders (globs)")
-    p.add_argument("--out", default="results/routing_sweep_summary.csv")
+    p.add_argument("--out", default="runs/routing_sweep_summary.csv")
     p.add_argument("--bench", nargs="*", default=[], help="bench_throughput.py JSONL files: exclusive-GPU "
                    "tokens/s per configuration (column bench_tokens_per_s), for runs that shared a GPU")
     p.add_argument("--export-asv", action="store_true", help="export into the asv result store "
@@ -520,12 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     for path, text in ((args.markdown, lambda: markdown_table(rows, args.compare.replace("_loss", "_ppl"))),
                        (args.attribution, lambda: attribution_table(rows, args.compare, args.level))):
         if path:
-            md = Path(path)
-            md.parent.mkdir(parents=True, exist_ok=True)
-            tmp = md.with_name(md.name + ".tmp")
-            tmp.write_text(text())
-            tmp.replace(md)
-            print(f"wrote {md}")
+            mrb.write_atomic(path, text())
+            print(f"wrote {path}")
     if args.export_asv:
         try:
             from moe_routing_bench.suite.store import export_training_summary  # noqa: F401
