@@ -145,6 +145,9 @@ class TuneCache:
         path = self.loaded_from
         if not path:
             return
+        # Temp + rename here, not harness.records.atomic_target: the routing library imports no harness.
+        # No lock: a concurrent tuner's entry lost in the merge only costs that shape a re-tune.
+        tmp = None
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             merged = {**_read_json(path), **self.entries}
@@ -152,8 +155,12 @@ class TuneCache:
             with os.fdopen(fd, "w") as f:
                 json.dump(merged, f, indent=1, sort_keys=True)
             os.replace(tmp, path)
+            tmp = None
         except OSError:  # a read-only home: keep the choice in memory
             pass
+        finally:
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
 
 
 def _read_json(path: str | None) -> dict:
