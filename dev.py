@@ -9,7 +9,8 @@ installs `torch==2.13.0` and `triton==3.7.1` only when torch is missing, install
 (pytest, pytest-benchmark, hypothesis) into the venv even when the system Python has them (else
 `.venv/bin/pytest` would not exist and an activated venv's `pytest` would be the system's, which
 cannot import the venv's torch), and installs this project in editable mode with its test and
-benchmark extras. Standard library only.
+benchmark extras. Standard library only. Offline (a GPU machine without network): pip's own
+`PIP_NO_INDEX=1 PIP_FIND_LINKS=<dir>` with the wheels `bash tools/asv_wheelhouse.sh` downloads.
 
 `bench` on a CPU times torch and compile at a small size (about 30-60 s; the Triton interpreter
 only with `--backend triton` or `all`) and appends records to runs/quick.jsonl (git-ignored).
@@ -49,6 +50,17 @@ def _importable(module: str) -> bool:
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) == 0
 
 
+def _see_invoking_venv() -> None:
+    """`venv --system-site-packages` shows the base Python's packages only. When python3 is itself a
+    virtual environment (torch installed there, common on GPU machines), .venv sees its packages too."""
+    if sys.prefix == sys.base_prefix:
+        return
+    dirs = [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages") and os.path.isdir(p)]
+    purelib = subprocess.check_output([str(VENV_PY), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                      text=True).strip()
+    Path(purelib, "_invoking_python.pth").write_text("\n".join(dirs) + "\n")
+
+
 def setup() -> None:
     """Idempotent: does the work once, then only when pyproject.toml changes."""
     pyproject = ROOT / "pyproject.toml"
@@ -58,6 +70,7 @@ def setup() -> None:
         return
     if not VENV_PY.exists():
         _check([sys.executable, "-m", "venv", "--system-site-packages", VENV])
+        _see_invoking_venv()
     missing = []
     if not _importable("torch"):
         missing += [TORCH_PIN, TRITON_PIN, "numpy"]

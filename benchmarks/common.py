@@ -24,7 +24,7 @@ mostly meaningless combinations.
 
 Nothing here touches CUDA at import time (asv's launcher imports these modules in every benchmark
 process or in its fork server, whose children must initialise CUDA themselves). torch is imported
-here, so that the fork server imports it once for all its children. MOE_BENCH_ASV_SUBSET=main
+here (and triton), so that the fork server imports them once for all its children. MOE_BENCH_ASV_SUBSET=main
 skips (cheaply, before any set-up) every GPU combination but the main shape with the uniform
 workload: the per-commit GPU history within a small budget. Every class pins `version`, so its history
 survives edits of its source (bump it when the meaning of a number changes).
@@ -35,9 +35,11 @@ import itertools
 import os
 from types import SimpleNamespace
 
-try:  # preloaded by asv's fork server: its children start with torch imported (no CUDA touched)
+try:  # preloaded by asv's fork server: its children start with these imported (no CUDA touched)
     import torch  # noqa: F401
-except ImportError:  # discovery in an environment without torch still lists the suites
+    import triton  # noqa: F401
+    import triton.language  # noqa: F401
+except ImportError:  # discovery in an environment without torch (or triton) still lists the suites
     pass
 
 BACKENDS = ["torch", "compile", "triton"]

@@ -94,3 +94,29 @@ def test_compare_rows_leave_out_skipped_combinations():
     assert [r[0] for r in rows] == ["b.C.time_x('torch')"] and rows[0][1] == 1.0
     failed = list(compare.unroll_result("b.C.time_y", [], [None], [None], [None]))
     assert len(failed) == 1  # a failure stays visible
+
+
+def test_host_environment_records_the_versions_the_host_has(monkeypatch):
+    """virtualenv-host installs no torch: what it records must be what the host runs."""
+    from importlib import metadata
+
+    versions = {"torch": "2.11.0+cu130", "numpy": "2.1.0"}
+    monkeypatch.setattr(metadata, "version", lambda name: versions[name] if name in versions
+                        else (_ for _ in ()).throw(metadata.PackageNotFoundError(name)))
+    assert asv_plugin.host_version("torch", "2.13.0") == "2.11.0+cu130"  # a pin the host lacks: the host's
+    assert asv_plugin.host_version("torch", "2.11.0") == "2.11.0"  # the host's release: the pin's spelling
+    assert asv_plugin.host_version("numpy", "") == ""  # left open stays open
+    with pytest.raises(asv.util.UserError, match="scipy"):
+        asv_plugin.host_version("scipy", "1.0")
+
+
+def test_host_environment_sees_the_host_packages_but_not_its_project(tmp_path):
+    """The .pth lists the host's package directories; the editable project of the host is not among them."""
+    import sys
+
+    dirs = asv_plugin.host_site_dirs()
+    assert dirs and all(Path(d).is_dir() for d in dirs)
+    torch_dir = str(Path(pytest.importorskip("torch").__file__).parents[1])
+    assert torch_dir in dirs
+    assert str(Path(__file__).resolve().parents[1]) not in dirs  # the working tree is never a package dir
+    assert dirs == [p for p in sys.path if p in dirs]  # host order kept

@@ -218,7 +218,7 @@ def test_dashboard_renders_offline_with_kernel_and_training_graphs(tmp_path):
     helpers.require_dashboard_tools()
     kernel = "bench_pack.Pack.time_pack"
     store_src = ROOT / "results" / "asv"
-    runs = sorted(store_src.glob("*/*-virtualenv-*.json"), key=lambda p: json.loads(p.read_text())["date"])
+    runs = sorted(store_src.glob("*/*-virtualenv*.json"), key=lambda p: json.loads(p.read_text())["date"])
     assert runs, "the committed store has no asv suite results"
     commit = json.loads(runs[-1].read_text())["commit_hash"]
 

@@ -61,7 +61,7 @@ def test_asv_run_publish_and_pytest_benchmark_as_typed_on_a_clean_clone(tmp_path
     log = run.stdout + run.stderr
     assert "failed" not in log and "Traceback" not in log and "skipped (setup_cache failed)" not in log, log[-3000:]
     new = _changes(clone)
-    assert new and all(re.fullmatch(rf"\?\? results/asv/{re.escape(machine)}/({head[:8]}-virtualenv-.*\.json|machine\.json)", c)
+    assert new and all(re.fullmatch(rf"\?\? results/asv/{re.escape(machine)}/({head[:8]}-virtualenv-host-.*\.json|machine\.json)", c)
                        for c in new), new  # only new result files; benchmarks.json and machine.json untouched
 
     _run(["asv", "publish"], clone, env, 300)

@@ -1,18 +1,20 @@
 #!/usr/bin/env python3
-"""asv in existing-environment mode, for GPU machines (no network, no git history) and noise figures.
+"""asv over a list of commits and repeated asv runs: GPU history (no network, no git history there) and noise.
 
     python tools/asv_runs.py pack COMMIT...              # here: .gl/commits/<hash>.tar (+ date) to carry over
     python tools/asv_runs.py history COMMIT... --bundle $OUT/asv_results.tar
     python tools/asv_runs.py noise --runs 10 [--bench REGEX]   # results/noise/<machine>.json, asv.conf.json
 
-`history` measures each commit's package with the working tree's benchmarks/ (whose `api()` adapts
-to old commits), in the order given, one asv run per commit in the environment of this interpreter
-(`-E existing`). The source of a commit is a `git worktree` where this copy has the history, else
-`.gl/commits/<hash>.tar` made by `pack`. asv needs a repository holding the commit it records, so
-each run goes against a one-commit stand-in repository and its results are relabelled with the real
-commit and commit date. Only the new result files are kept, merged into `--bundle` (one tar: the
-device returns few files). Import at home: `python -m moe_routing_bench.suite.store import-results DIR`
-after `tar xf`.
+`history` measures each commit with the working tree's benchmarks/ (whose `api()` adapts to old
+commits), in the order given, as `asv run` does: the commit's package built into asv's
+"virtualenv-host" environment (the project's asv plugin: only the project is installed, torch is
+the interpreter's), so history and a plain `asv run` on the same machine are one series. The
+source of a commit is a `git archive` of it where this copy has the history, else
+`.gl/commits/<hash>.tar` made by `pack`; asv needs a repository holding the commit it records, so
+each run goes against a one-commit stand-in repository of those files and its results are
+relabelled with the real commit and commit date. Only the new result files are kept, merged into
+`--bundle` (one tar: the device returns few files). Import at home: `python -m
+moe_routing_bench.suite.store import-results DIR` after `tar xf`.
 
 `noise` runs the selected benchmarks of the working tree `--runs` times, each run its own asv
 invocation (so every benchmark process is a separate process each time), and records per
@@ -52,6 +54,7 @@ from moe_routing_bench.harness.records import write_atomic  # noqa: E402
 from moe_routing_bench.suite import store  # noqa: E402
 
 PACK_DIR = ROOT / ".gl" / "commits"
+PACKAGE_FILES = ["moe_routing_bench", "pyproject.toml"]  # what asv builds a commit's wheel from
 NOISE_DIR = ROOT / "results" / "noise"
 FLOOR, FACTOR = 0.02, 1.5  # the threshold rule (module docstring)
 
@@ -82,7 +85,7 @@ def pack(commits: list[str]) -> None:
         commit, date_ms = store.resolve_commit(ref, ROOT)
         tar = PACK_DIR / f"{commit}.tar"
         # the package only: benchmarks/ come from the working tree for every commit
-        subprocess.run(["git", "archive", "--format=tar", "-o", str(tar), commit, "moe_routing_bench"], cwd=ROOT, check=True)
+        subprocess.run(["git", "archive", "--format=tar", "-o", str(tar), commit, *PACKAGE_FILES], cwd=ROOT, check=True)
         (PACK_DIR / f"{commit}.date").write_text(str(date_ms))
         print(f"packed {commit[:8]} ({tar.stat().st_size // 1024} KiB)")
 
@@ -92,7 +95,7 @@ def source_tree(commit: str, workdir: Path) -> tuple[Path, str, int]:
     if _has_history(commit):
         full, date_ms = store.resolve_commit(commit, ROOT)
         tree = workdir / full[:8]
-        subprocess.run(["git", "archive", "--format=tar", "-o", str(workdir / "src.tar"), full, "moe_routing_bench"],
+        subprocess.run(["git", "archive", "--format=tar", "-o", str(workdir / "src.tar"), full, *PACKAGE_FILES],
                        cwd=ROOT, check=True)
         tar_path = workdir / "src.tar"
     else:
@@ -108,31 +111,44 @@ def source_tree(commit: str, workdir: Path) -> tuple[Path, str, int]:
     return tree, full, date_ms
 
 
-def stand_in(workdir: Path, results_dir: Path) -> tuple[Path, str]:
-    """A one-commit repository and an asv config pointing at the working tree's benchmarks."""
-    repo = workdir / "stand-in"
-    repo.mkdir(parents=True, exist_ok=True)
-    _git("init", "-q", "-b", "main", cwd=repo)
-    _git("-c", "user.name=asv_runs", "-c", "user.email=asv_runs@localhost", "commit", "-q", "--allow-empty",
-         "-m", "stand-in", cwd=repo)
+def working_tree(workdir: Path) -> Path:
+    """The working tree's package files, for runs of uncommitted code (noise)."""
+    tree = workdir / "working-tree"
+    for name in PACKAGE_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            tree.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, tree / name)
+    return tree
+
+
+def stand_in(tree: Path, results_dir: Path) -> Path:
+    """Make `tree` a one-commit repository on `main`; an asv config that measures it with the working
+    tree's benchmarks, environments in asv's usual place (reused across commits and by `asv run`)."""
+    if not (tree / ".git").exists():
+        _git("init", "-q", "-b", "main", cwd=tree)
+        _git("add", "-A", cwd=tree)
+        _git("-c", "user.name=asv_runs", "-c", "user.email=asv_runs@localhost", "commit", "-q", "-m", "stand-in",
+             cwd=tree)
     from moe_routing_bench.suite.dashboard import read_asv_config
 
     conf = read_asv_config(ROOT / "asv.conf.json")
-    conf.update(repo=str(repo), benchmark_dir=str(ROOT / "benchmarks"), results_dir=str(results_dir),
-                html_dir=str(workdir / "html"), env_dir=str(workdir / "env"), plugins=[])
-    (repo / "asv.conf.json").write_text(json.dumps(conf))
-    return repo / "asv.conf.json", _git("rev-parse", "HEAD", cwd=repo)
+    conf.update(repo=str(tree), benchmark_dir=str(ROOT / "benchmarks"), results_dir=str(results_dir),
+                html_dir=str(tree.parent / "html"), env_dir=str(ROOT / conf.get("env_dir", ".asv/env")))
+    path = tree.parent / "asv.conf.json"
+    path.write_text(json.dumps(conf))
+    return path
 
 
-def run_asv(tree: Path, workdir: Path, results_dir: Path, machine: str, bench: str, quick: bool = False) -> None:
-    conf, stand_hash = stand_in(workdir, results_dir)
+def run_asv(tree: Path, results_dir: Path, machine: str, bench: str, quick: bool = False) -> None:
+    conf = stand_in(tree, results_dir)
     env = {**os.environ, **cache_env()}
-    env["ASV_PYTHONPATH"] = env["PYTHONPATH"] = str(tree)  # asv clears PYTHONPATH for benchmark processes
-    cmd = [sys.executable, "-m", "asv", "run", "-E", f"existing:{sys.executable}", "--config", str(conf),
-           "--set-commit-hash", stand_hash, "--machine", machine,
+    cmd = [sys.executable, "-m", "asv", "run", "--config", str(conf), "--machine", machine,
            "--launch-method", os.environ.get("ASV_LAUNCH_METHOD", "forkserver"),
            "-b", bench, "-a", "processes=1", "--show-stderr"] + (["--quick"] if quick else [])
-    subprocess.run(cmd, cwd=ROOT, env=env, check=False)
+    subprocess.run(cmd, cwd=ROOT, env=env, check=False)  # cwd: asv imports the plugin relative to it
 
 
 def _write_bundle(out: Path, bundle: Path) -> None:
@@ -162,7 +178,7 @@ def history(commits: list[str], bundle: Path | None, bench: str, machine: str | 
         tree, commit, date_ms = source_tree(ref, work)
         print(f"asv_runs: [{i}/{len(commits)}] {commit[:8]}", flush=True)
         raw = work / "results"
-        run_asv(tree, work, raw, machine, bench)
+        run_asv(tree, raw, machine, bench)
         store.import_results(raw, out, commit=commit, date_ms=date_ms)
         shutil.rmtree(work, ignore_errors=True)
         if bundle:
@@ -193,11 +209,12 @@ def noise(runs: int, bench: str, machine: str | None, quick: bool) -> Path:
 
     machine = store.register_machine(machine)["machine"]
     work = Path(tempfile.mkdtemp(prefix="asv-noise-"))
+    tree = working_tree(work)
     values: dict[tuple[str, tuple], list[float]] = {}
     t0 = time.time()
     for i in range(runs):
         raw = work / f"run{i}"
-        run_asv(ROOT, work / f"w{i}", raw, machine, bench, quick)
+        run_asv(tree, raw, machine, bench, quick)
         for f in raw.glob("*/*.json"):
             if f.name == "machine.json":
                 continue

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Download asv 0.6.6 and all its dependencies as wheels for the GPU machines
-# (CPython 3.12, x86_64 manylinux, no network there) into .whl/ at the repository root.
+# Download, as wheels for the GPU machines (CPython 3.12, x86_64 manylinux, no network there), into
+# .whl/ at the repository root: everything `python3 dev.py setup` installs besides torch and what
+# a torch machine has (asv 0.6.6, virtualenv, json5, tabulate, the test tools, setuptools for the
+# editable install), with their dependencies.
 #
 #   bash tools/asv_wheelhouse.sh                 # asv==0.6.6 -> .whl/
 #   bash tools/asv_wheelhouse.sh pkg==1.2 ...    # extra requirements into the same wheelhouse
 #   WHEELHOUSE=/some/dir PYVER=3.12 bash tools/asv_wheelhouse.sh
 #
 # Then, on the GPU machine (after copying .whl/ there):
-#   python -m pip install --no-index --find-links .whl asv==0.6.6
+#   PIP_NO_INDEX=1 PIP_FIND_LINKS=$PWD/.whl python3 dev.py setup
 #
 # .whl/ is gitignored: wheels are third-party code and are never committed.
 set -euo pipefail
@@ -41,9 +43,10 @@ echo "+ $PY -m pip download $ASV_REQ $* (CPython $PYVER, manylinux x86_64) -> $W
     --platform manylinux2014_x86_64 \
     --platform manylinux_2_28_x86_64 \
     --platform any \
-    "$ASV_REQ" json5 tabulate "$@"
+    "$ASV_REQ" virtualenv json5 tabulate "pytest>=8" "pytest-benchmark>=5.2" "hypothesis>=6.100" \
+    "setuptools>=64" wheel "$@"
 
 n=$(find "$WHEELHOUSE" -maxdepth 1 -name '*.whl' | wc -l)
 size=$(du -sh "$WHEELHOUSE" | cut -f1)
 echo "wheelhouse: $WHEELHOUSE ($n wheels, $size)" >&2
-echo "install offline with: python -m pip install --no-index --find-links $WHEELHOUSE $ASV_REQ" >&2
+echo "set up offline with: PIP_NO_INDEX=1 PIP_FIND_LINKS=$WHEELHOUSE python3 dev.py setup" >&2

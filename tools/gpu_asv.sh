@@ -10,21 +10,21 @@
 #                      python tools/asv_runs.py thresholds)
 #
 # Environment: COMMITS (required; full hashes or refs, oldest first), OUT (where the one result tar
-# goes; default ./out), PYTHON (default python3; keep one interpreter path per machine: asv names
-# the environment after it), BENCH (asv -b regex; default the GPU methods, '^bench_.*\.track_'),
+# goes; default ./out), PYTHON (the python3 that runs dev.py setup; default python3), BENCH (asv -b regex; default the GPU methods, '^bench_.*\.track_'),
 # MACHINE (default: named after the GPU, e.g. nvidia-h200), DEADLINE_S (start no commit past it), NOISE_RUNS, MOE_BENCH_CACHE (Triton
 # and inductor caches kept across processes and commits; default ~/.cache/moe-routing-bench).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-PY="$(command -v "${PYTHON:-python3}")"
 OUT="${OUT:-out}"
 [ -n "${COMMITS:-}${NOISE_RUNS:-}" ] || { echo 'gpu_asv.sh: COMMITS="<hash> <hash> ..." (oldest first) and/or NOISE_RUNS=N' >&2; exit 2; }
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-
-if ! "$PY" -c "import asv, json5" 2>/dev/null; then
-    [ -d .whl ] || { echo "gpu_asv.sh: no asv and no .whl/ wheelhouse (tools/asv_wheelhouse.sh makes one)" >&2; exit 2; }
-    "$PY" -m pip install --quiet --no-index --find-links .whl asv==0.6.6 json5 tabulate
+# the README's set-up (offline from .whl/ when there is one); asv runs from its venv
+if [ -d .whl ]; then
+    PIP_NO_INDEX=1 PIP_FIND_LINKS="$PWD/.whl" "${PYTHON:-python3}" dev.py setup
+else
+    "${PYTHON:-python3}" dev.py setup
 fi
+PY="$PWD/.venv/bin/python"
 mkdir -p "$OUT"
 start=$(date +%s)
 if [ -n "${COMMITS:-}" ]; then

@@ -24,7 +24,15 @@ plain `asv run` and `asv publish` do what this project needs:
     the new complete output, never to a half-written or wiped one. The previous output is kept
     until the next publish (a browser may still be loading it), older ones are removed.
 
-Pinned to asv 0.6.6 (pyproject): both wrapped functions are checked by tests/test_asv_plugin.py.
+- `HostPackagesVirtualenv` (environment_type "virtualenv-host"): asv's virtualenv for each commit,
+  which installs only the project's wheel and sees the packages of the interpreter running asv
+  (torch, triton, numpy, ...) through a `.pth` file. A GPU machine benchmarks its own CUDA torch, an
+  offline machine downloads nothing, and creating the environment takes seconds instead of a torch
+  download. The matrix's packages are recorded at the versions the host has (a pinned version the
+  host does not have is recorded as the host's, e.g. torch 2.11.0+cu130 on a GPU machine), so a
+  result never claims a torch it did not run.
+
+Pinned to asv 0.6.6 (pyproject): the wrapped functions are checked by tests/test_asv_plugin.py.
 """
 from __future__ import annotations
 
@@ -32,9 +40,12 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
+from asv import util
+from asv.plugins.virtualenv import Virtualenv
 from asv.publishing import OutputPublisher
 
 GENERATION_PREFIX = ".gen-"  # html_dir -> <html_dir>.gen-XXXX (a symlink to the current output)
@@ -54,6 +65,43 @@ class OfflineAssets(OutputPublisher):
 
         vendor_asv_assets(Path(conf.html_dir))
         patch_asv_js(Path(conf.html_dir))
+
+
+def host_site_dirs() -> list[str]:
+    """The package directories of the interpreter running asv, in its import order."""
+    return [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages") and os.path.isdir(p)]
+
+
+def host_version(requirement: str, wanted: str) -> str:
+    """The version to record for a matrix entry: the host's, unless the matrix leaves it open ("")
+    or names the host's own release (2.13.0 for 2.13.0+cpu)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        have = version(requirement)
+    except PackageNotFoundError:
+        raise util.UserError(f"virtualenv-host: the matrix names {requirement}, which the interpreter running "
+                             "asv does not have; install it there (`python3 dev.py setup` does)") from None
+    if not wanted or have.split("+")[0] == wanted:
+        return wanted
+    return have
+
+
+class HostPackagesVirtualenv(Virtualenv):
+    """asv's virtualenv without its own copies of torch & co (module docstring)."""
+
+    tool_name = "virtualenv-host"
+
+    def __init__(self, conf, python, requirements, tagged_env_vars):
+        recorded = {name: host_version(name.removeprefix("pip+"), wanted) for name, wanted in requirements.items()}
+        super().__init__(conf, python, recorded, tagged_env_vars)
+
+    def _setup(self):
+        # virtualenv brings pip, setuptools and wheel from its own bundle: nothing is downloaded
+        util.check_call([sys.executable, "-m", "virtualenv", "--setuptools=bundle",
+                         "-p", self._executable, self._path], env={**os.environ, **self.build_env_vars})
+        purelib = self.run(["-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).strip()
+        Path(purelib, "_moe_host_packages.pth").write_text("\n".join(host_site_dirs()) + "\n")
 
 
 def merged_benchmarks(old: dict, discovered: dict) -> dict:
