@@ -222,6 +222,25 @@ def test_missing_npm_gives_install_hint(tmp_path, monkeypatch):
         pub.vendor_asv_assets(tmp_path / "html", tmp_path / "cache")
 
 
+def test_publish_without_npm_or_cache_warns_and_keeps_the_cdn_page(tmp_path, monkeypatch, caplog):
+    """An offline machine without npm still publishes (exit 0): a warning says the page needs network."""
+    from types import SimpleNamespace
+
+    from moe_routing_bench.suite import asv_plugin
+
+    _fake_html(tmp_path / "html")
+    before = (tmp_path / "html" / "index.html").read_text()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setenv("MOE_BENCH_ASV_VENDOR_CACHE", str(tmp_path / "cache"))
+    patched = []
+    monkeypatch.setattr(pub, "patch_asv_js", patched.append)
+    with caplog.at_level("WARNING"):
+        asv_plugin.OfflineAssets.publish(SimpleNamespace(html_dir=str(tmp_path / "html")), None, None, None, None)
+    assert "renders only with network" in caplog.text and "apt-get install" in caplog.text
+    assert (tmp_path / "html" / "index.html").read_text() == before  # CDN links kept, not half-rewritten
+    assert patched == [tmp_path / "html"]  # the graph page edits still applied
+
+
 def test_default_cache_dir_is_outside_the_repository(monkeypatch, tmp_path):
     monkeypatch.delenv("MOE_BENCH_ASV_VENDOR_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))

@@ -239,7 +239,7 @@ SWEEP_SIZES = {
     "gpu": {"router_list": "top1,topk-hard,softk,hash,expert-choice,aux-free", "num_experts_list": "8",
             "topk_list": "2", "capacity_factors": "1.0,1.25", "seeds": "17,18,19", "dim": 256, "layers": 4,
             "heads": 4, "seq_len": 256, "batch_size": 64, "max_steps": 300, "eval_interval": 100,
-            "compile": True, "runs_per_gpu": 6},
+            "compile": True, "runs_per_gpu": 12},
 }
 PRESETS = {
     "seed": {"seed_semantics": "all", **BUDGET, **SEED_GRID},

@@ -6,7 +6,9 @@ plain `asv run` and `asv publish` do what this project needs:
 
 - `OfflineAssets` (an OutputPublisher, run after asv's own pages): copies the JavaScript and CSS
   that asv's index.html loads from CDNs into the output and points the page at the copies
-  (`dashboard.vendor_asv_assets`), so the dashboard renders with no network; and three small
+  (`dashboard.vendor_asv_assets`), so the dashboard renders with no network (on a machine that can
+  neither reach npm nor find the libraries in its cache, a warning says so and the page keeps its
+  CDN links: publish still succeeds); and three small
   edits of the published graph page (`dashboard.JS_PATCHES`: short legend labels, y axis from 0,
   bars of several series side by side).
 - `setup()` wraps two asv functions:
@@ -61,9 +63,14 @@ class OfflineAssets(OutputPublisher):
 
     @classmethod
     def publish(cls, conf, repo, benchmarks, graphs, revisions):
-        from .dashboard import patch_asv_js, vendor_asv_assets
+        from asv.console import log
 
-        vendor_asv_assets(Path(conf.html_dir))
+        from .dashboard import LibrariesUnavailable, patch_asv_js, vendor_asv_assets
+
+        try:
+            vendor_asv_assets(Path(conf.html_dir))
+        except LibrariesUnavailable as e:  # still a dashboard, one that needs network to render
+            log.warning(f"{e}. This output loads them from CDNs: it renders only with network.")
         patch_asv_js(Path(conf.html_dir))
 
 

@@ -132,6 +132,10 @@ class VendoringError(RuntimeError):
     """The CDN libraries could not be fetched, verified or copied."""
 
 
+class LibrariesUnavailable(VendoringError):
+    """Neither the cache nor npm can provide the libraries (a machine without network or npm)."""
+
+
 class ExternalReferenceError(RuntimeError):
     """A published page still loads something from the network."""
 
@@ -337,7 +341,7 @@ def fetch_npm_packages(cache_dir: Path, specs: tuple[str, ...] = NPM_PACKAGES) -
     if to_pack:
         npm = shutil.which("npm")
         if npm is None:
-            raise VendoringError(
+            raise LibrariesUnavailable(
                 "npm is needed once per machine to fetch asv's dashboard libraries "
                 f"({' '.join(to_pack)}); install it with "
                 "`apt-get install -y --no-install-recommends npm`, or fill the cache "
@@ -346,7 +350,7 @@ def fetch_npm_packages(cache_dir: Path, specs: tuple[str, ...] = NPM_PACKAGES) -
         proc = subprocess.run([npm, "pack", "--silent", *to_pack], cwd=tarballs,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if proc.returncode != 0:
-            raise VendoringError(f"`npm pack {' '.join(to_pack)}` failed (exit {proc.returncode}) "
+            raise LibrariesUnavailable(f"`npm pack {' '.join(to_pack)}` failed (exit {proc.returncode}) "
                                  f"in {tarballs}:\n{proc.stderr.strip() or proc.stdout.strip()}")
     for spec in missing:
         tgz = tarballs / _tarball_name(spec)
