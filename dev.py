@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -56,9 +57,9 @@ def _see_invoking_venv() -> None:
     if sys.prefix == sys.base_prefix:
         return
     dirs = [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages") and os.path.isdir(p)]
-    purelib = subprocess.check_output([str(VENV_PY), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                      text=True).strip()
-    Path(purelib, "_invoking_python.pth").write_text("\n".join(dirs) + "\n")
+    purelib = Path(sysconfig.get_paths(vars={"base": str(VENV), "platbase": str(VENV)})["purelib"])
+    purelib.mkdir(parents=True, exist_ok=True)
+    (purelib / "_invoking_python.pth").write_text("\n".join(dirs) + "\n")
 
 
 def setup() -> None:

@@ -53,6 +53,24 @@ def test_setup_does_not_reinstall_test_tools_the_venv_already_has(dev, monkeypat
     assert not any("--ignore-installed" in c for c in dev.calls)
 
 
+@pytest.mark.parametrize("invoked_from_a_venv", [False, True])
+def test_setup_lets_the_venv_see_a_python3_that_is_itself_a_venv(dev, monkeypatch, tmp_path, invoked_from_a_venv):
+    """GPU machines often have torch in a venv of their own: `venv --system-site-packages` alone
+    would not show it, and set-up would try to download torch."""
+    site = tmp_path / "their-venv" / "lib" / "python3" / "site-packages"
+    site.mkdir(parents=True)
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "src"), str(site), "/nonexistent/site-packages"])
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "their-venv") if invoked_from_a_venv else sys.base_prefix)
+    monkeypatch.setattr(dev, "_importable", lambda m: m != "moe_routing_bench")
+    dev.setup()
+    pth = list(dev.VENV.rglob("_invoking_python.pth"))
+    if invoked_from_a_venv:
+        assert len(pth) == 1 and pth[0].read_text().split() == [str(site)]  # existing package dirs only
+        assert pth[0].parent.name == "site-packages" and pth[0].is_relative_to(dev.VENV)
+    else:
+        assert pth == []
+
+
 def test_bench_writes_under_runs_and_test_fails_on_no_tests(dev, monkeypatch):
     monkeypatch.setattr(dev, "setup", lambda: None)
     assert dev.main(["bench"]) == 0

@@ -100,3 +100,33 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_history_builds_each_commit_into_asv_runs_environment_and_relabels_it(tmp_path, monkeypatch):
+    """tools/asv_runs.py history: one asv run per commit, in the order given, each commit's own package
+    in the `virtualenv-host` environment of `asv run`, results relabelled
+    with the real commit and its date, bundled in one tar."""
+    import tarfile
+
+    from asv.results import Results
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # asv's machine file and the caches stay here
+    old = "477bff687138d09719b0e4b056de2cec36e27b28"  # before the public API: benchmarks' api() adapts
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    bundle = tmp_path / "bundle.tar"
+    asv_runs.history([old, head], bundle, r"bench_topk\..*time_", "history-test")
+    with tarfile.open(bundle) as tf:
+        names = sorted(tf.getnames())
+        tf.extractall(tmp_path / "out", filter="data")
+    runs = [n for n in names if not n.endswith("machine.json")]
+    assert [n.split("/")[1][:8] for n in runs] == sorted([old[:8], head[:8]])
+    assert all(re.fullmatch(r"history-test/[0-9a-f]{8}-virtualenv-host-py[\d.]+-numpy-torch[\w.+]+\.json", n) for n in runs)
+    dates = {}
+    for n in runs:
+        r = Results.load(str(tmp_path / "out" / n))
+        values = r.get_result_value("bench_topk.TopK.time_topk", r.get_result_params("bench_topk.TopK.time_topk"))
+        assert any(v is not None and v > 0 for v in values), n  # measured, not only skipped
+        dates[r.commit_hash] = r.date
+    assert set(dates) == {old, head}
+    assert dates[old] == store.resolve_commit(old, ROOT)[1] < dates[head]  # the commits' own dates

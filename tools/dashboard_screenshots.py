@@ -3,7 +3,7 @@
 
     python tools/dashboard_screenshots.py [--out docs] [--config asv.conf.json]
 
-Writes docs/dashboard_gpu_pack.png (pack on the H100, x axis = shape: a bar per backend),
+Writes docs/dashboard_gpu_pack.png (pack on the H200, x axis = shape: a bar per backend),
 docs/dashboard_gpu_routing_path.png (the GPU routing path: a series per backend and machine), docs/dashboard_training.png
 (a training metric: one series per router) and docs/dashboard_regressions.png. Each page but the first is
 opened as a user opens it: the benchmark's own URL with no parameters in it, so what is shown is
@@ -24,10 +24,10 @@ import browser  # noqa: E402  (tests/browser.py)
 from moe_routing_bench.suite import dashboard  # noqa: E402
 
 PAGES = {
-    # a view chosen by URL: bars per backend over the shapes, on the H100 (asv's x-axis control)
-    "dashboard_gpu_pack.png": "bench_pack.Pack.track_pack_us?x-axis=shape&machine=nvidia-h100-80gb-hbm3",
+    # a view chosen by URL: bars per backend over the shapes, on the H200 (asv's x-axis control)
+    "dashboard_gpu_pack.png": "bench_pack.Pack.track_pack_us?x-axis=shape&machine=nvidia-h200",
     "dashboard_gpu_routing_path.png": "bench_routing.RoutingPath.track_routing_path_us",
-    "dashboard_training.png": "exported.Training.track_best_val_loss?x-axis=router&machine=nvidia-h100-80gb-hbm3",
+    "dashboard_training.png": "exported.Training.track_best_val_loss?x-axis=router&machine=nvidia-h200",
     "dashboard_regressions.png": "regressions",
 }
 
