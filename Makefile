@@ -12,7 +12,7 @@ test:
 	$(PY) dev.py test
 bench-tests: setup
 	$(VPY) -m pytest -q --benchmark-only
-asv: setup  # the tip of main on this machine (virtualenv mode, torch pinned); asks nothing
+asv: setup  # the tip of main on this machine (the project built per commit, the host's torch); asks nothing
 	.venv/bin/asv run
 publish: setup  # offline dashboard in .asv/html (the project's asv plugin vendors the JavaScript)
 	.venv/bin/asv publish
