@@ -26,7 +26,8 @@ Nothing here touches CUDA at import time (asv's launcher imports these modules i
 process or in its fork server, whose children must initialise CUDA themselves). torch is imported
 here (and triton), so that the fork server imports them once for all its children. MOE_BENCH_ASV_SUBSET=main
 skips (cheaply, before any set-up) every GPU combination but the main shape with the uniform
-workload: the per-commit GPU history within a small budget. Every class pins `version`, so its history
+workload, and MOE_BENCH_ASV_BACKENDS=torch,triton skips every other backend: the per-commit GPU history
+within a small budget (on an H200 a cold compile-backend process costs 10-20 s, a torch one ~1 s). Every class pins `version`, so its history
 survives edits of its source (bump it when the meaning of a number changes).
 """
 from __future__ import annotations
@@ -95,7 +96,11 @@ def split_by_device(cls):
 
 
 def _in_subset(cls, p: dict) -> bool:
-    """With MOE_BENCH_ASV_SUBSET=main: only the class's first GPU shape, uniform workload."""
+    """With MOE_BENCH_ASV_SUBSET=main: only the class's first GPU shape, uniform workload; with
+    MOE_BENCH_ASV_BACKENDS=torch,triton (say): only those backends."""
+    backends = os.environ.get("MOE_BENCH_ASV_BACKENDS")
+    if backends and p["backend"] not in backends.split(","):
+        return False
     if os.environ.get("MOE_BENCH_ASV_SUBSET") != "main":
         return True
     first_gpu = next(s for s in cls.params[cls.param_names.index("shape")] if device_of(s) == "cuda")

@@ -3,6 +3,7 @@ commit from before the public API (bfe3dab: moe_routing_bench.bench, .backends, 
 positional MoELayer arguments, .timing) and against this tree's: `benchmarks/common.api()`."""
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +52,23 @@ def test_the_suites_run_before_and_after_the_restructure(tmp_path):
         assert api == label
         rates[label] = float(rate)
     assert rates["old"] == rates["public"]  # the same routing, the same drop rate
+
+
+def test_history_subset_keeps_only_the_main_gpu_shape_of_the_chosen_backends():
+    """MOE_BENCH_ASV_SUBSET=main with MOE_BENCH_ASV_BACKENDS: what a cheap GPU history runs (asv
+    starts no process for a skipped combination); without them every GPU combination runs."""
+    probe = ("import itertools, sys; sys.path.insert(0, sys.argv[1]); from benchmarks import bench_pack as b; "
+             "f = b.Pack.track_pack_us; skip = set(f.skip_params); "
+             "print(sorted(c for c in itertools.product(*b.Pack.params) if c not in skip))")
+    env = {"MOE_BENCH_ASV_GPU": "1", "PATH": "/usr/bin:/bin"}
+
+    def kept(**extra) -> list:
+        out = subprocess.run([sys.executable, "-c", probe, str(ROOT)], env={**env, **extra}, capture_output=True,
+                             text=True, check=True).stdout
+        return ast.literal_eval(out)
+
+    main = "T16384-H4096-E128-k2"
+    assert kept(MOE_BENCH_ASV_SUBSET="main", MOE_BENCH_ASV_BACKENDS="torch,triton") == [
+        ("torch", main, "uniform"), ("triton", main, "uniform")]
+    everything = kept()
+    assert len(everything) == 9 and {c[0] for c in everything} == {"torch", "compile", "triton"}  # 3 GPU shapes

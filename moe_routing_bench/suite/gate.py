@@ -301,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--json", type=Path, default=None, help="also write the comparison here (threshold, rows)")
     args = ap.parse_args(argv)
     try:
         if args.threshold is None:
@@ -335,7 +336,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError) as e:
         print(f"regression: error: {e}", file=sys.stderr)
         return 2
-    return 1 if report(rows, args.threshold, args.min_delta_us, label) else 0
+    bad = report(rows, args.threshold, args.min_delta_us, label)
+    if args.json:
+        from ..harness.records import write_atomic
+
+        doc = {"threshold": args.threshold, "min_delta_us": args.min_delta_us, "regressed": bad, "base": label,
+               "rows": [{**asdict(r), "ratio": r.ratio, "regressed": r.regressed(args.threshold, args.min_delta_us)}
+                        for r in rows]}
+        write_atomic(args.json, json.dumps(doc, indent=2) + "\n")
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
