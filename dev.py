@@ -53,7 +53,8 @@ def _importable(module: str) -> bool:
 
 def _see_invoking_venv() -> None:
     """`venv --system-site-packages` shows the base Python's packages only. When python3 is itself a
-    virtual environment (torch installed there, common on GPU machines), .venv sees its packages too."""
+    virtual environment (torch installed there, common on GPU machines), .venv sees its packages too
+    (what the asv plugin's virtualenv-host does for asv's environments; dev.py cannot import the package)."""
     if sys.prefix == sys.base_prefix:
         return
     dirs = [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages") and os.path.isdir(p)]
