@@ -81,6 +81,7 @@ def test_asv_run_publish_and_pytest_benchmark_as_typed_on_a_clean_clone(tmp_path
             ticks = browser.y_ticks(dom)
             assert len(ticks) >= 2 and max(ticks) > 1.5, f"{page}: empty first view (y ticks {ticks})"
             assert "machine-nvidia" in dom or "machine-cpu" in dom  # a legend: series were drawn
+            assert not re.search(r"machine-nvidia[^;<]*; shape-T1024-", dom), f"{page}: empty GPU series in the legend"
         dom = browser.dump_dom(f"{url}index.html#regressions", wait_ms=8000)
         assert "continental origin" not in dom and "Best after" in dom, "no Regressions table"
 

@@ -449,7 +449,8 @@ JS_PATCHES: tuple[tuple[str, str, str, str], ...] = (
                     'arch': null,
                     'ram': null,
                     'num_cpu': null, 'gpu': null, 'cuda': null, 'torch_version': null,
-                    'triton_version': null, 'numpy': null, 'python': null, 'branch': null
+                    'triton_version': null, 'numpy': null, 'python': null, 'branch': null,
+                    'torch': null
                 };""",
      "legend labels: the machine name already says which GPU/CPU; the keys that follow from it made "
      "every label two lines long"),
@@ -520,6 +521,22 @@ JS_PATCHES: tuple[tuple[str, str, str, str], ...] = (
                 options.xaxis.max = categories.length - 0.5;""",
      "bars side by side: flot-orderbars offsets bars by the x range, which is NaN on string "
      "categories, so every series but one was drawn nowhere (the backends' bars hid each other)"),
+    ("graphdisplay.js",
+     """                    series = $.asv.filter_graph_data(data,
+                                                     x_coordinate_axis,
+                                                     graph_content[0],
+                                                     $.asv.main_json.benchmarks[current_benchmark].params);
+                    orig_graphs.push({""",
+     """                    series = $.asv.filter_graph_data(data,
+                                                     x_coordinate_axis,
+                                                     graph_content[0],
+                                                     $.asv.main_json.benchmarks[current_benchmark].params);
+                    if (!series.some(function (p) { return p[1] !== null && !isNaN(p[1]); })) {
+                        return;  // measured nowhere on this selection: no empty legend entry
+                    }
+                    orig_graphs.push({""",
+     "no legend entry for a series without a value (a GPU shape on a CPU machine, a CPU shape on a "
+     "GPU): a first view selects both devices' main shapes, and half its legend was empty series"),
 )
 
 
