@@ -8,9 +8,9 @@ plain `asv run` and `asv publish` do what this project needs:
   that asv's index.html loads from CDNs into the output and points the page at the copies
   (`dashboard.vendor_asv_assets`), so the dashboard renders with no network (on a machine that can
   neither reach npm nor find the libraries in its cache, a warning says so and the page keeps its
-  CDN links: publish still succeeds); and three small
+  CDN links: publish still succeeds); and four small
   edits of the published graph page (`dashboard.JS_PATCHES`: short legend labels, y axis from 0,
-  bars of several series side by side).
+  bars of several series side by side, no legend entry for a series without values).
 - `setup()` wraps two asv functions:
   * `Benchmarks.save` (called by `asv run` after discovery) keeps the entries of benchmarks the run
     did not discover: results exported into the store (they have no code to run) and GPU-only
