@@ -27,9 +27,9 @@ use; `pytest_benchmark_compare_fail` in the same file is the largest stage thres
 `pytest --benchmark-compare-fail`.
 
 Benchmark processes: asv's forkserver launcher (torch imported once per run; nothing touches CUDA
-at import, so forked children initialise CUDA themselves), one process per combination, and Triton
-and inductor caches persistent across processes and commits ($MOE_BENCH_CACHE, default
-~/.cache/moe-routing-bench). ASV_LAUNCH_METHOD=spawn falls back to a fresh interpreter per process.
+at import, so forked children initialise CUDA themselves), one process per combination. Triton's and
+inductor's own default caches persist across processes and commits, and are the ones plain `asv run`
+and pytest use on the same machine. ASV_LAUNCH_METHOD=spawn falls back to a fresh interpreter per process.
 """
 from __future__ import annotations
 
@@ -66,17 +66,6 @@ def _git(*args: str, cwd: Path = ROOT) -> str:
 def _has_history(commit: str) -> bool:
     return subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=ROOT,
                           capture_output=True).returncode == 0
-
-
-def cache_env() -> dict[str, str]:
-    """Persistent compiler caches shared by every benchmark process and commit."""
-    base = Path(os.environ.get("MOE_BENCH_CACHE", Path.home() / ".cache" / "moe-routing-bench")).expanduser()
-    env = {"TRITON_CACHE_DIR": str(base / "triton"), "TORCHINDUCTOR_CACHE_DIR": str(base / "inductor"),
-           "PYTHONUNBUFFERED": "1"}
-    for d in env.values():
-        if "/" in d:
-            Path(d).mkdir(parents=True, exist_ok=True)
-    return env
 
 
 def pack(commits: list[str]) -> None:
@@ -144,7 +133,7 @@ def stand_in(tree: Path, results_dir: Path) -> Path:
 
 def run_asv(tree: Path, results_dir: Path, machine: str, bench: str, quick: bool = False) -> None:
     conf = stand_in(tree, results_dir)
-    env = {**os.environ, **cache_env()}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "asv", "run", "--config", str(conf), "--machine", machine,
            "--launch-method", os.environ.get("ASV_LAUNCH_METHOD", "forkserver"),
            "-b", bench, "-a", "processes=1", "--show-stderr"] + (["--quick"] if quick else [])

@@ -12,8 +12,7 @@
 # Environment: COMMITS (required; full hashes or refs, oldest first), OUT (where the one result tar
 # goes; default ./out), PYTHON (the python3 that runs dev.py setup; default python3), BENCH (asv -b regex; default the GPU methods, '^bench_.*\.track_'),
 # MACHINE (default: named after the GPU, e.g. nvidia-h200), MOE_BENCH_ASV_SUBSET=main and
-# MOE_BENCH_ASV_BACKENDS=torch,triton (a cheaper history: benchmarks/common.py), DEADLINE_S (start no commit past it), NOISE_RUNS, MOE_BENCH_CACHE (Triton
-# and inductor caches kept across processes and commits; default ~/.cache/moe-routing-bench).
+# MOE_BENCH_ASV_BACKENDS=torch,triton (a cheaper history: benchmarks/common.py), DEADLINE_S (start no commit past it), NOISE_RUNS.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-out}"
