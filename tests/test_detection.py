@@ -33,5 +33,9 @@ def test_detection_plants_compares_and_counts_null_alarms_without_touching_this_
     assert all(rows for rows in doc["nulls"]["asv"])  # each null pair compared something
     md = (out / "detection.md").read_text()
     assert "| pack +100% | gate |" in md and "Smallest planted slowdown the gate flagged every time" in md
+    assert len(doc["flags"]["nulls"]["gate"]) == 2 and doc["flags"]["plants"][0]["gate"] == [True]  # 1.2 on CPU
+    again = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_detection.py"), "--out", str(out), "--summarize"],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and (out / "detection.md").read_text() == md, again.stderr
     assert subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True,
                           text=True).stdout == status  # this repository left alone

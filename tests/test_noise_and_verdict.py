@@ -29,6 +29,18 @@ def test_threshold_rule(spread, threshold):
     assert asv_runs.threshold_of(spread) == pytest.approx(threshold)
 
 
+def test_noise_record_takes_the_worst_combination_and_skips_single_values():
+    values = {("bench_pack.Pack.track_pack_us", ("torch", "S")): [100.0, 101.0, 100.5],
+              ("bench_pack.Pack.track_pack_us", ("triton", "S")): [50.0, 55.0],
+              ("bench_topk.TopK.track_topk_us", ("torch", "S")): [10.0]}  # one run: no spread yet
+    rec = asv_runs.noise_record(values, machine="m", runs=3)
+    assert set(rec["benchmarks"]) == {"bench_pack.Pack.track_pack_us"}
+    pack = rec["benchmarks"]["bench_pack.Pack.track_pack_us"]
+    assert pack["p95_rel_diff"] == pytest.approx(0.1, abs=0.002)  # the triton combination: 55 / 50
+    assert pack["threshold"] == pytest.approx(0.15) and rec["stage_threshold"] == pytest.approx(0.15)
+    assert rec["pytest_benchmark_compare_fail"] == "median:15%" and rec["machine"] == "m"
+
+
 def test_thresholds_block_of_asv_conf_follows_every_machines_noise_file(tmp_path):
     conf = tmp_path / "asv.conf.json"
     conf.write_text((ROOT / "asv.conf.json").read_text())

@@ -193,15 +193,22 @@ def threshold_of(spread: float) -> float:
     return max(FLOOR, math.ceil(FACTOR * spread * 100 - 1e-9) / 100)
 
 
-def noise(runs: int, bench: str, machine: str | None, quick: bool) -> Path:
+def noise(runs: int, bench: str, machine: str | None, quick: bool, deadline_s: float | None = None) -> Path:
+    """`runs` asv runs of the working tree; the figures are rewritten after every run from the second
+    on (a run stopped by a time limit keeps them), and no run is started past `deadline_s`."""
     from asv.results import Results
 
     machine = store.register_machine(machine)["machine"]
     work = Path(tempfile.mkdtemp(prefix="asv-noise-"))
     tree = working_tree(work)
     values: dict[tuple[str, tuple], list[float]] = {}
+    path = NOISE_DIR / f"{store.safe_name(machine)}.json"
     t0 = time.time()
     for i in range(runs):
+        elapsed = time.time() - t0
+        if deadline_s is not None and i >= 2 and elapsed / i > deadline_s - elapsed:
+            print(f"asv_runs: stopping after {i} noise runs: another would pass the {deadline_s:.0f} s deadline")
+            break
         raw = work / f"run{i}"
         run_asv(tree, raw, machine, bench, quick)
         for f in raw.glob("*/*.json"):
@@ -214,6 +221,19 @@ def noise(runs: int, bench: str, machine: str | None, quick: bool) -> Path:
                     if v is not None and isinstance(v, (int, float)) and math.isfinite(v) and v > 0:
                         values.setdefault((key, combo), []).append(float(v))
         print(f"asv_runs: noise run {i + 1}/{runs} done ({time.time() - t0:.0f} s)", flush=True)
+        if i >= 1:
+            record = noise_record(values, machine=machine, runs=i + 1, quick=quick, bench=bench,
+                                  wall_s=round(time.time() - t0))
+            write_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+            update_conf_thresholds()
+    if not path.exists():
+        raise SystemExit("asv_runs: fewer than two noise runs; nothing written")
+    print(f"asv_runs: wrote {path} and asv.conf.json's thresholds")
+    return path
+
+
+def noise_record(values: dict[tuple[str, tuple], list[float]], **about) -> dict:
+    """Spread and threshold per benchmark (the module docstring's rule) of repeated values per combination."""
     benchmarks: dict[str, dict] = {}
     for (key, combo), vs in sorted(values.items()):
         if len(vs) < 2:
@@ -223,21 +243,13 @@ def noise(runs: int, bench: str, machine: str | None, quick: bool) -> Path:
     for b in benchmarks.values():
         b["p95_rel_diff"] = max(c["p95_rel_diff"] for c in b["combos"].values())
         b["threshold"] = threshold_of(b["p95_rel_diff"])
-    if not benchmarks:
-        raise SystemExit("asv_runs: no benchmark gave values in two runs; nothing written")
     stage = [b["threshold"] for k, b in benchmarks.items() if re.search(r"\.(time|track)_(topk|plan|pack|combine|routing_path)", k)]
-    record = {"machine": machine, "commit": _git("rev-parse", "HEAD") if _has_history("HEAD") else "unknown",
-              "runs": runs, "quick": quick, "bench": bench, "wall_s": round(time.time() - t0),
-              "rule": f"threshold = max({FLOOR:.0%}, {FACTOR} x the largest p95 over the benchmark's combinations of "
-                      "|a/b - 1| over all pairs of runs), rounded up to a whole percent",
-              "stage_threshold": max(stage or [0.1]),
-              "pytest_benchmark_compare_fail": f"median:{round(100 * max(stage or [0.1]))}%",
-              "benchmarks": benchmarks}
-    path = NOISE_DIR / f"{store.safe_name(machine)}.json"
-    write_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
-    update_conf_thresholds()
-    print(f"asv_runs: wrote {path} and asv.conf.json's thresholds")
-    return path
+    return {**about, "commit": os.environ.get("MOE_BENCH_GIT_COMMIT") or (_git("rev-parse", "HEAD") if _has_history("HEAD") else "unknown"),
+            "rule": f"threshold = max({FLOOR:.0%}, {FACTOR} x the largest p95 over the benchmark's combinations of "
+                    "|a/b - 1| over all pairs of runs), rounded up to a whole percent",
+            "stage_threshold": max(stage or [0.1]),
+            "pytest_benchmark_compare_fail": f"median:{round(100 * max(stage or [0.1]))}%",
+            "benchmarks": benchmarks}
 
 
 FIXED = {"exported\\\\..*": 1.0}  # exported metrics: not timed repeatably here; only gross changes
@@ -279,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bench", default=None, help=f"default {gpu_default} with a GPU, else the CPU time_ methods")
     p.add_argument("--machine", default=None)
     p.add_argument("--quick", action="store_true", help="asv --quick: one sample per process (CPU: keep it short)")
+    p.add_argument("--deadline-s", type=float, default=None, help="start no run that would end past this (after two)")
     sub.add_parser("thresholds", help="only rewrite asv.conf.json's thresholds from results/noise/*.json")
     args = ap.parse_args(argv)
     if args.what == "pack":
@@ -291,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         bench = args.bench or (gpu_default if torch.cuda.is_available() else r"^bench_.*\.time_")
-        noise(args.runs, bench, args.machine, args.quick)
+        noise(args.runs, bench, args.machine, args.quick, args.deadline_s)
     else:
         update_conf_thresholds()
     return 0

@@ -12,7 +12,8 @@
 # Environment: COMMITS (required; full hashes or refs, oldest first), OUT (where the one result tar
 # goes; default ./out), PYTHON (the python3 that runs dev.py setup; default python3), BENCH (asv -b regex; default the GPU methods, '^bench_.*\.track_'),
 # MACHINE (default: named after the GPU, e.g. nvidia-h200), MOE_BENCH_ASV_SUBSET=main and
-# MOE_BENCH_ASV_BACKENDS=torch,triton (a cheaper history: benchmarks/common.py), DEADLINE_S (start no commit past it), NOISE_RUNS.
+# MOE_BENCH_ASV_BACKENDS=torch,triton (a cheaper history: benchmarks/common.py), DEADLINE_S (start no commit past it), NOISE_RUNS,
+# NOISE_DEADLINE_S (start no noise run past it, after two).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-out}"
@@ -29,11 +30,13 @@ mkdir -p "$OUT"
 start=$(date +%s)
 if [ -n "${COMMITS:-}" ]; then
     # shellcheck disable=SC2086
-    "$PY" tools/asv_runs.py history $COMMITS --bundle "$OUT/asv_results.tar" ${BENCH:+--bench "$BENCH"} ${MACHINE:+--machine "$MACHINE"} ${DEADLINE_S:+--deadline-s "$DEADLINE_S"}
+    # old commits tune with triton.autotune in every process: keep its results on disk across processes
+    TRITON_CACHE_AUTOTUNING=1 "$PY" tools/asv_runs.py history $COMMITS --bundle "$OUT/asv_results.tar" ${BENCH:+--bench "$BENCH"} ${MACHINE:+--machine "$MACHINE"} ${DEADLINE_S:+--deadline-s "$DEADLINE_S"}
     echo "gpu_asv.sh: $(echo $COMMITS | wc -w) commits in $(( $(date +%s) - start )) s"
 fi
 if [ -n "${NOISE_RUNS:-}" ]; then
-    "$PY" tools/asv_runs.py noise --runs "$NOISE_RUNS" ${BENCH:+--bench "$BENCH"} ${MACHINE:+--machine "$MACHINE"}
+    "$PY" tools/asv_runs.py noise --runs "$NOISE_RUNS" ${BENCH:+--bench "$BENCH"} ${MACHINE:+--machine "$MACHINE"} \
+        ${NOISE_DEADLINE_S:+--deadline-s "$NOISE_DEADLINE_S"}
     mkdir -p "$OUT/noise" && cp results/noise/*.json "$OUT/noise/"
 fi
 echo "gpu_asv.sh: total $(( $(date +%s) - start )) s"

@@ -3,12 +3,12 @@
 
     python tools/gpu_detection.py --out DIR [--plants pack:0.03,pack:0.05,pack:0.10,combine:0.05]
         [--nulls 10] [--repeats 2] [--device auto] [--backend triton]
+    python tools/gpu_detection.py --out DIR --summarize     # judge DIR/detection.json again (new thresholds)
 
 Everything happens in a scratch repository made from this working tree (no git history needed,
 this repository left alone): the tree is committed as `parent`; each plant is a throwaway branch
 with tools/plant_slowdown.py applied and committed; `null-1` ... `null-N` are empty commits on top
-of `parent` (same code, new hashes). Then, with the thresholds in force (asv.conf.json and
-results/noise/<machine>.json: measure the noise first, `tools/asv_runs.py noise`):
+of `parent` (same code, new hashes). Then:
 
 - gate: `python -m moe_routing_bench.suite.gate --base parent` with each plant checked out
   (--repeats times) and with `parent` checked out (--nulls times: the null comparisons);
@@ -16,9 +16,12 @@ results/noise/<machine>.json: measure the noise first, `tools/asv_runs.py noise`
   the chosen backend, the main shape), then `moe_routing_bench.suite.verdict` of parent against
   each plant and of each null commit against the one before it (parent, null-1, ...).
 
-Writes DIR/detection.json (every comparison) and DIR/detection.md (the table for the README): per
-plant the ratios measured and how often each tool flagged it; the false alarms among the null
-comparisons; the smallest planted slowdown each tool flagged every time.
+Writes DIR/detection.json (every comparison, rewritten after each) and DIR/detection.md (the table
+for the README): per plant the ratios measured and how often each tool flagged it; the false
+alarms among the null comparisons; the smallest planted slowdown each tool flagged every time.
+Flags are computed from the stored ratios with the thresholds in force when the files are written
+(asv.conf.json and results/noise/<machine>.json, `tools/asv_runs.py noise`), so the noise may be
+measured before or after: `--summarize` judges a stored run again.
 """
 from __future__ import annotations
 
@@ -35,7 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from moe_routing_bench.suite import verdict  # noqa: E402
+from moe_routing_bench.harness.records import write_atomic  # noqa: E402
+from moe_routing_bench.suite import gate, store, verdict  # noqa: E402
 
 COPY_EXCLUDES = {".git", ".venv", ".asv", "runs", "out", ".gl", ".whl", "__pycache__", ".pytest_cache",
                  ".hypothesis", ".benchmarks"}
@@ -75,7 +79,7 @@ def null_chain(repo: Path, n: int) -> list[str]:
     return [f"null-{i}" for i in range(1, n + 1)]
 
 
-def gate(repo: Path, head: str, args, out: Path) -> dict:
+def gate_run(repo: Path, head: str, args, out: Path) -> dict:
     """One gate comparison of `head` (checked out) against `parent`."""
     _git(repo, "checkout", "-q", head)
     cmd = [sys.executable, "-m", "moe_routing_bench.suite.gate", "--base", "parent", "--device", args.device,
@@ -108,33 +112,62 @@ def asv_comparisons(repo: Path, pairs: list[tuple[str, str]], args) -> dict[tupl
             for a, b in pairs}
 
 
-def summarize(doc: dict) -> str:
+def judge(doc: dict, noise_dir: Path, conf: Path) -> dict:
+    """Flags recomputed from the stored ratios with the thresholds in force now (the noise figures
+    may be measured after the comparisons): gate rows against 1 + the stage's threshold
+    (gate.default_thresholds' rule), asv rows against asv.conf.json's (verdict's rule)."""
+    limits = {s: 1 + t for s, t in verdict.stage_thresholds(doc["machine"], noise_dir, gate.STAGES).items()}
+    thresholds = verdict.load_thresholds(conf)
+
+    def gate_flag(run: dict, stage: str | None = None) -> bool:
+        return any(r["ratio"] > gate.threshold_of(limits, r["key"]) for r in run["rows"]
+                   if stage is None or r["key"].startswith(f"{stage}|"))
+
+    def asv_flag(row: dict) -> bool:
+        return row["ratio"] > 1 + verdict.threshold_for(row["benchmark"].split("(")[0], thresholds)
+
+    return {"gate_limits": limits,
+            "plants": [{"gate": [gate_flag(g, p["stage"]) for g in p["gate"]],
+                        "asv": [asv_flag(r) for r in p.get("asv", []) if f"bench_{p['stage']}." in r["benchmark"]]}
+                       for p in doc["plants"]],
+            "nulls": {"gate": [gate_flag(g) for g in doc["nulls"]["gate"]],
+                      "asv": [any(asv_flag(r) for r in rows) for rows in doc["nulls"]["asv"]]}}
+
+
+def summarize(doc: dict, flags: dict) -> str:
     """detection.md: per plant and tool, the ratios and how often it was flagged; nulls; the smallest
     slowdown flagged every time."""
     lines = ["| planted | tool | ratios measured (planted stage, backend) | flagged |", "|---|---|---|---|"]
     caught: dict[str, list[tuple[float, bool]]] = {"gate": [], "asv": []}
-    for p in doc["plants"]:
+    for p, f in zip(doc["plants"], flags["plants"]):
         stage, fraction = p["stage"], p["fraction"]
-        gate_ratios = [r["ratio"] for g in p["gate"] for r in g["rows"] if r["key"].startswith(stage)]
-        gate_flags = [any(r["regressed"] for r in g["rows"] if r["key"].startswith(stage)) for g in p["gate"]]
-        asv_rows = [r for r in p["asv"] if f"bench_{stage}." in r["benchmark"]]
-        asv_flags = [r["verdict"] == "slower" for r in asv_rows]
-        asv_ratios = [r["ratio"] for r in asv_rows]
-        lines.append(f"| {stage} +{fraction:.0%} | gate | {', '.join(f'{x:.3f}' for x in gate_ratios)} | "
-                     f"{sum(gate_flags)}/{len(gate_flags)} |")
-        lines.append(f"| {stage} +{fraction:.0%} | asv + verdict | {', '.join(f'{x:.3f}' for x in asv_ratios)} | "
-                     f"{sum(asv_flags)}/{len(asv_flags)} |")
-        caught["gate"].append((fraction, bool(gate_flags) and all(gate_flags)))
-        caught["asv"].append((fraction, bool(asv_flags) and all(asv_flags)))
-    gate_false = sum(g["regressed"] for g in doc["nulls"]["gate"])
-    asv_false = sum(any(r["verdict"] == "slower" for r in rows) for rows in doc["nulls"]["asv"])
-    lines += ["", f"Null comparisons (same code twice): gate {gate_false} false alarm(s) in "
-                  f"{len(doc['nulls']['gate'])}, asv + verdict {asv_false} in {len(doc['nulls']['asv'])}."]
+        ratios = {"gate": [r["ratio"] for g in p["gate"] for r in g["rows"] if r["key"].startswith(f"{stage}|")],
+                  "asv": [r["ratio"] for r in p.get("asv", []) if f"bench_{stage}." in r["benchmark"]]}
+        for tool, label in (("gate", "gate"), ("asv", "asv + verdict")):
+            lines.append(f"| {stage} +{fraction:.0%} | {label} | {', '.join(f'{x:.3f}' for x in ratios[tool])} | "
+                         f"{sum(f[tool])}/{len(f[tool])} |")
+            caught[tool].append((fraction, bool(f[tool]) and all(f[tool])))
+    null_ratios = {"gate": [r["ratio"] for g in doc["nulls"]["gate"] for r in g["rows"]],
+                   "asv": [r["ratio"] for rows in doc["nulls"]["asv"] for r in rows]}
+    lines.append("")
+    for tool, label in (("gate", "gate"), ("asv", "asv + verdict")):
+        rs = null_ratios[tool]
+        lines.append(f"Null comparisons (same code twice), {label}: {sum(flags['nulls'][tool])} false alarm(s) in "
+                     f"{len(flags['nulls'][tool])}" + (f"; ratios {min(rs):.3f} to {max(rs):.3f}." if rs else "."))
     for tool, results in caught.items():
         always = sorted(f for f, ok in results if ok)
         lines.append(f"Smallest planted slowdown the {tool} flagged every time: "
                      + (f"{always[0]:.0%}" if always else "none") + ".")
+    limits = ", ".join(f"{s} {v:.2f}" for s, v in sorted(flags["gate_limits"].items())) or f"{gate.FALLBACK_THRESHOLD}"
+    lines.append(f"Gate limits (head/base): {limits}; asv thresholds: asv.conf.json's regressions_thresholds.")
     return "\n".join(lines) + "\n"
+
+
+def write(doc: dict, out: Path) -> None:
+    """detection.json (what was measured) and detection.md (judged with today's thresholds)."""
+    flags = judge(doc, ROOT / "results" / "noise", ROOT / "asv.conf.json")
+    write_atomic(out / "detection.json", json.dumps({**doc, "flags": flags}, indent=2) + "\n")
+    write_atomic(out / "detection.md", summarize(doc, flags))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,7 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=2, help="gate comparisons per plant")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--backend", default="triton", help="the backend planted and timed")
+    ap.add_argument("--summarize", action="store_true",
+                    help="measure nothing: judge OUT/detection.json again with the thresholds in force now")
     args = ap.parse_args(argv)
+    if args.summarize:
+        doc = json.loads((args.out / "detection.json").read_text())
+        write(doc, args.out)
+        print(summarize(doc, judge(doc, ROOT / "results" / "noise", ROOT / "asv.conf.json")), end="")
+        return 0
     plants = [(s, float(f)) for s, f in (p.split(":") for p in args.plants.split(","))]
     if any(s not in ("pack", "combine") or not 0 < f <= 1 for s, f in plants) or args.nulls < 1:
         ap.error("--plants: stage:fraction with stage pack or combine, 0 < fraction <= 1; --nulls >= 1")
@@ -160,11 +200,18 @@ def main(argv: list[str] | None = None) -> int:
     repo = scratch_repository(work / "repo")
     branches = [plant_branch(repo, s, f, args.backend) for s, f in plants]
     nulls = null_chain(repo, args.nulls)
-    doc: dict = {"device": args.device, "backend": args.backend, "plants": [], "nulls": {"gate": [], "asv": []}}
+    gpu = store.local_gpu()["gpu"] if args.device == "cuda" else None
+    doc: dict = {"device": args.device, "backend": args.backend, "machine": store.default_machine_name(gpu),
+                 "plants": [], "nulls": {"gate": [], "asv": []}}
+    # written after every comparison: a run stopped by a time limit keeps what it measured
     for (stage, fraction), branch in zip(plants, branches):
-        runs = [gate(repo, branch, args, work / f"gate-{branch}-{i}.json") for i in range(args.repeats)]
-        doc["plants"].append({"stage": stage, "fraction": fraction, "branch": branch, "gate": runs})
-    doc["nulls"]["gate"] = [gate(repo, "parent", args, work / f"gate-null-{i}.json") for i in range(args.nulls)]
+        doc["plants"].append({"stage": stage, "fraction": fraction, "branch": branch, "gate": []})
+        for i in range(args.repeats):
+            doc["plants"][-1]["gate"].append(gate_run(repo, branch, args, work / f"gate-{branch}-{i}.json"))
+            write(doc, args.out)
+    for i in range(args.nulls):
+        doc["nulls"]["gate"].append(gate_run(repo, "parent", args, work / f"gate-null-{i}.json"))
+        write(doc, args.out)
     chain = ["parent", *nulls]
     pairs = [("parent", b) for b in branches] + list(zip(chain, chain[1:]))
     rows = asv_comparisons(repo, pairs, args)
@@ -172,9 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         p["asv"] = rows[("parent", p["branch"])]
     doc["nulls"]["asv"] = [rows[pair] for pair in zip(chain, chain[1:])]
     doc["wall_s"] = round(time.time() - t0)
-    (args.out / "detection.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (args.out / "detection.md").write_text(summarize(doc))
-    print(summarize(doc), end="")
+    write(doc, args.out)
+    print((args.out / "detection.md").read_text(), end="")
     print(f"gpu_detection: {doc['wall_s']} s; {args.out}/detection.json and detection.md")
     return 0
 

@@ -45,6 +45,7 @@ STAGES = ("topk", "plan", "pack", "combine", "routing_path")
 CPU_SHAPE = dict(num_tokens=1024, hidden_dim=256, num_experts=16, top_k=2)
 GPU_SHAPE = dict(num_tokens=16384, hidden_dim=4096, num_experts=128, top_k=2)
 BASELINE_DIR = Path("results/baselines")
+FALLBACK_THRESHOLD = 1.2  # head/base, where no noise figures say otherwise
 
 def stable_cpu_allocator() -> bool:
     """Fix glibc's mmap and trim thresholds (no dynamic adjustment) in this process.
@@ -192,18 +193,24 @@ def compare(keys: list[str], base_s: list[float], head_s: list[float]) -> list[C
     return [Comparison(k, b * 1e6, h * 1e6) for k, b, h in zip(keys, base_s, head_s)]
 
 
-def report(rows: list[Comparison], threshold: float, min_delta_us: float, base_label: str) -> bool:
+def threshold_of(thresholds: float | dict[str, float], key: str) -> float:
+    """The ratio threshold of a case: one for all, or per stage (a case key starts with its stage)."""
+    return thresholds if isinstance(thresholds, float) else thresholds.get(key.split("|")[0], FALLBACK_THRESHOLD)
+
+
+def report(rows: list[Comparison], thresholds: float | dict[str, float], min_delta_us: float, base_label: str) -> bool:
     """Print a table; True when some case regressed."""
     width = max(len(r.key) for r in rows)
-    print(f"{'case':<{width}}  {base_label:>12}  {'head us':>12}  {'ratio':>6}")
+    print(f"{'case':<{width}}  {base_label:>12}  {'head us':>12}  {'ratio':>6}  {'limit':>6}")
     bad = False
     for r in rows:
-        flag = r.regressed(threshold, min_delta_us)
+        limit = threshold_of(thresholds, r.key)
+        flag = r.regressed(limit, min_delta_us)
         bad |= flag
-        print(f"{r.key:<{width}}  {r.base_us:12.1f}  {r.head_us:12.1f}  {r.ratio:6.2f}"
+        print(f"{r.key:<{width}}  {r.base_us:12.1f}  {r.head_us:12.1f}  {r.ratio:6.3f}  {limit:6.2f}"
               + ("  REGRESSION" if flag else ""))
-    verdict = "FAIL: slower than" if bad else "ok: within"
-    print(f"{verdict} {threshold:g}x of {base_label.split()[0]} (head = working tree)")
+    print(f"{'FAIL: slower than the limit' if bad else 'ok: within the limits'} "
+          f"(head = working tree, base = {base_label.split()[0]})")
     return bad
 
 
@@ -265,21 +272,22 @@ def gate_against_baseline(path: Path, repo: Path, cases: list[GateCase], *, roun
     return compare([c.key for c in cases], [stored[c.key]["median_us"] / 1e6 for c in cases], head)
 
 
-def default_threshold(repo: Path, device: str) -> float:
-    """On a GPU: 1 + the stage threshold measured there (results/noise/<machine>.json; the track_*_us
-    benchmarks time the same `measure` median as this gate). Else, or without figures: 1.2 (the
-    CPU figures are of asv's timer in separate processes, not of this gate's best-of-rounds)."""
+def default_thresholds(repo: Path, device: str) -> dict[str, float]:
+    """On a GPU: per stage, 1 + the threshold measured there for the stage's track_*_us benchmark
+    (results/noise/<machine>.json; those benchmarks time the same `measure` median as this gate).
+    Else, or for a stage without figures: 1.2 (the CPU figures are of asv's timer in separate
+    processes, not of this gate's best-of-rounds)."""
     from .store import default_machine_name, local_gpu
-    from .verdict import stage_threshold
+    from .verdict import stage_thresholds
 
     if device == "cpu":
-        return 1.2
+        return {}
     import torch
 
     if not torch.cuda.is_available():
-        return 1.2
-    measured = stage_threshold(default_machine_name(local_gpu()["gpu"]), Path(repo) / "results" / "noise")
-    return 1.0 + measured if measured else 1.2
+        return {}
+    measured = stage_thresholds(default_machine_name(local_gpu()["gpu"]), Path(repo) / "results" / "noise", STAGES)
+    return {stage: 1.0 + t for stage, t in measured.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,8 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--against-baseline", action="store_true", help="compare with results/baselines/<machine>.json")
     mode.add_argument("--write-baseline", action="store_true", help="record results/baselines/<machine>.json")
     ap.add_argument("--threshold", type=float, default=None,
-                    help="fail when head/base exceeds this (default: 1 + this machine's stage threshold from "
-                         "results/noise/<machine>.json, tools/asv_runs.py noise; 1.2 without noise figures)")
+                    help="fail when head/base exceeds this for any case (default per stage: 1 + this machine's "
+                         "threshold from results/noise/<machine>.json, tools/asv_runs.py noise; 1.2 without figures)")
     ap.add_argument("--min-delta-us", type=float, default=0.0, help="and head - base exceeds this many us")
     ap.add_argument("--baseline", type=Path, default=None, help="baseline file (default per machine)")
     ap.add_argument("--repo", type=Path, default=Path.cwd(), help="repository (default: the current one)")
@@ -304,9 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the comparison here (threshold, rows)")
     args = ap.parse_args(argv)
     try:
-        if args.threshold is None:
-            args.threshold = default_threshold(args.repo, args.device)
-        if args.threshold <= 1.0:
+        if args.threshold is not None and args.threshold <= 1.0:
             raise ValueError(f"--threshold must be > 1, got {args.threshold}")
         stages = tuple(s for s in args.stages.split(",") if s)
         unknown = set(stages) - set(STAGES)
@@ -336,13 +342,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError) as e:
         print(f"regression: error: {e}", file=sys.stderr)
         return 2
-    bad = report(rows, args.threshold, args.min_delta_us, label)
+    thresholds = args.threshold if args.threshold is not None else default_thresholds(repo, device)
+    bad = report(rows, thresholds, args.min_delta_us, label)
     if args.json:
         from ..harness.records import write_atomic
 
-        doc = {"threshold": args.threshold, "min_delta_us": args.min_delta_us, "regressed": bad, "base": label,
-               "rows": [{**asdict(r), "ratio": r.ratio, "regressed": r.regressed(args.threshold, args.min_delta_us)}
-                        for r in rows]}
+        doc = {"min_delta_us": args.min_delta_us, "regressed": bad, "base": label,
+               "rows": [{**asdict(r), "ratio": r.ratio, "threshold": threshold_of(thresholds, r.key),
+                         "regressed": r.regressed(threshold_of(thresholds, r.key), args.min_delta_us)} for r in rows]}
         write_atomic(args.json, json.dumps(doc, indent=2) + "\n")
     return 1 if bad else 0
 

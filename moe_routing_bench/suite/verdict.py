@@ -128,10 +128,16 @@ def pytest_threshold(machine: str, noise_dir: Path = NOISE_DIR) -> str:
     return json.loads(path.read_text())["pytest_benchmark_compare_fail"]
 
 
-def stage_threshold(machine: str, noise_dir: Path = NOISE_DIR) -> float | None:
-    """The largest relative threshold of the machine's stage benchmarks (None without noise figures)."""
+def stage_thresholds(machine: str, noise_dir: Path, stages) -> dict[str, float]:
+    """{stage: relative threshold} from the machine's noise figures, the largest over the stage's
+    track_<stage>_us benchmarks ({} without figures)."""
     path = noise_dir / f"{safe_name(machine, 'machine name')}.json"
-    return json.loads(path.read_text()).get("stage_threshold") if path.exists() else None
+    if not path.exists():
+        return {}
+    benchmarks = json.loads(path.read_text())["benchmarks"]
+    found = {s: [b["threshold"] for name, b in benchmarks.items() if re.search(rf"\.track_{s}_us$", name)]
+             for s in stages}
+    return {s: max(ts) for s, ts in found.items() if ts}
 
 
 def main(argv: list[str] | None = None) -> int:
