@@ -79,21 +79,26 @@ def pack(commits: list[str]) -> None:
         print(f"packed {commit[:8]} ({tar.stat().st_size // 1024} KiB)")
 
 
+def commit_and_date(commit: str) -> tuple[str, int]:
+    """(full hash, commit date ms) from this copy's history, else from a `pack`ed commit."""
+    if _has_history(commit):
+        return store.resolve_commit(commit, ROOT)
+    matches = sorted(PACK_DIR.glob(f"{commit}*.tar"))
+    if len(matches) != 1:
+        raise SystemExit(f"asv_runs: no history and no single {PACK_DIR}/{commit}*.tar (run `pack` where git is)")
+    return matches[0].stem, int((PACK_DIR / f"{matches[0].stem}.date").read_text())
+
+
 def source_tree(commit: str, workdir: Path) -> tuple[Path, str, int]:
     """(directory with the commit's files, full hash, commit date ms)."""
+    full, date_ms = commit_and_date(commit)
+    tree = workdir / full[:8]
     if _has_history(commit):
-        full, date_ms = store.resolve_commit(commit, ROOT)
-        tree = workdir / full[:8]
         subprocess.run(["git", "archive", "--format=tar", "-o", str(workdir / "src.tar"), full, *PACKAGE_FILES],
                        cwd=ROOT, check=True)
         tar_path = workdir / "src.tar"
     else:
-        matches = sorted(PACK_DIR.glob(f"{commit}*.tar"))
-        if len(matches) != 1:
-            raise SystemExit(f"asv_runs: no history and no single {PACK_DIR}/{commit}*.tar (run `pack` where git is)")
-        tar_path, full = matches[0], matches[0].stem
-        date_ms = int((PACK_DIR / f"{full}.date").read_text())
-        tree = workdir / full[:8]
+        tar_path = PACK_DIR / f"{full}.tar"
     tree.mkdir(parents=True, exist_ok=True)
     with tarfile.open(tar_path) as tf:
         tf.extractall(tree, filter="data")
@@ -193,9 +198,12 @@ def threshold_of(spread: float) -> float:
     return max(FLOOR, math.ceil(FACTOR * spread * 100 - 1e-9) / 100)
 
 
-def noise(runs: int, bench: str, machine: str | None, quick: bool, deadline_s: float | None = None) -> Path:
+def noise(runs: int, bench: str, machine: str | None, quick: bool, deadline_s: float | None = None,
+          as_commit: str | None = None, bundle: Path | None = None) -> Path:
     """`runs` asv runs of the working tree; the figures are rewritten after every run from the second
-    on (a run stopped by a time limit keeps them), and no run is started past `deadline_s`."""
+    on (a run stopped by a time limit keeps them), and no run is started past `deadline_s`. With
+    `as_commit` (the commit the working tree is) and `bundle`, the first run's results go into the
+    bundle as that commit's history entry."""
     from asv.results import Results
 
     machine = store.register_machine(machine)["machine"]
@@ -221,6 +229,10 @@ def noise(runs: int, bench: str, machine: str | None, quick: bool, deadline_s: f
                     if v is not None and isinstance(v, (int, float)) and math.isfinite(v) and v > 0:
                         values.setdefault((key, combo), []).append(float(v))
         print(f"asv_runs: noise run {i + 1}/{runs} done ({time.time() - t0:.0f} s)", flush=True)
+        if i == 0 and as_commit and bundle:
+            commit, date_ms = commit_and_date(as_commit)
+            store.import_results(raw, work / "history", commit=commit, date_ms=date_ms)
+            _write_bundle(work / "history", bundle)
         if i >= 1:
             record = noise_record(values, machine=machine, runs=i + 1, quick=quick, bench=bench,
                                   wall_s=round(time.time() - t0))
@@ -292,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--machine", default=None)
     p.add_argument("--quick", action="store_true", help="asv --quick: one sample per process (CPU: keep it short)")
     p.add_argument("--deadline-s", type=float, default=None, help="start no run that would end past this (after two)")
+    p.add_argument("--as-commit", default=None, help="the commit the working tree is: its first run goes to --bundle")
+    p.add_argument("--bundle", type=Path, default=None, help="tar of that first run's result files")
     sub.add_parser("thresholds", help="only rewrite asv.conf.json's thresholds from results/noise/*.json")
     args = ap.parse_args(argv)
     if args.what == "pack":
@@ -304,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         bench = args.bench or (gpu_default if torch.cuda.is_available() else r"^bench_.*\.time_")
-        noise(args.runs, bench, args.machine, args.quick, args.deadline_s)
+        noise(args.runs, bench, args.machine, args.quick, args.deadline_s, args.as_commit, args.bundle)
     else:
         update_conf_thresholds()
     return 0

@@ -13,7 +13,8 @@
 # goes; default ./out), PYTHON (the python3 that runs dev.py setup; default python3), BENCH (asv -b regex; default the GPU methods, '^bench_.*\.track_'),
 # MACHINE (default: named after the GPU, e.g. nvidia-h200), MOE_BENCH_ASV_SUBSET=main and
 # MOE_BENCH_ASV_BACKENDS=torch,triton (a cheaper history: benchmarks/common.py), DEADLINE_S (start no commit past it), NOISE_RUNS,
-# NOISE_DEADLINE_S (start no noise run past it, after two).
+# NOISE_DEADLINE_S (start no noise run past it, after two); with MOE_BENCH_GIT_COMMIT (the commit
+# the working tree is, `pack`ed) the first noise run is also that commit's history entry: $OUT/noise_run1.tar.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-out}"
@@ -36,7 +37,8 @@ if [ -n "${COMMITS:-}" ]; then
 fi
 if [ -n "${NOISE_RUNS:-}" ]; then
     "$PY" tools/asv_runs.py noise --runs "$NOISE_RUNS" ${BENCH:+--bench "$BENCH"} ${MACHINE:+--machine "$MACHINE"} \
-        ${NOISE_DEADLINE_S:+--deadline-s "$NOISE_DEADLINE_S"}
+        ${NOISE_DEADLINE_S:+--deadline-s "$NOISE_DEADLINE_S"} \
+        ${MOE_BENCH_GIT_COMMIT:+--as-commit "$MOE_BENCH_GIT_COMMIT" --bundle "$OUT/noise_run1.tar"}
     mkdir -p "$OUT/noise" && cp results/noise/*.json "$OUT/noise/"
 fi
 echo "gpu_asv.sh: total $(( $(date +%s) - start )) s"
