@@ -199,11 +199,12 @@ def threshold_of(spread: float) -> float:
 
 
 def noise(runs: int, bench: str, machine: str | None, quick: bool, deadline_s: float | None = None,
-          as_commit: str | None = None, bundle: Path | None = None) -> Path:
+          as_commit: str | None = None, bundle: Path | None = None, merge: bool = False) -> Path:
     """`runs` asv runs of the working tree; the figures are rewritten after every run from the second
     on (a run stopped by a time limit keeps them), and no run is started past `deadline_s`. With
     `as_commit` (the commit the working tree is) and `bundle`, the first run's results go into the
-    bundle as that commit's history entry."""
+    bundle as that commit's history entry. `merge`: add to the runs already in the machine's file
+    (same benchmarks), e.g. the rest of a series a time limit stopped."""
     from asv.results import Results
 
     machine = store.register_machine(machine)["machine"]
@@ -211,12 +212,22 @@ def noise(runs: int, bench: str, machine: str | None, quick: bool, deadline_s: f
     tree = working_tree(work)
     values: dict[tuple[str, tuple], list[float]] = {}
     path = NOISE_DIR / f"{store.safe_name(machine)}.json"
-    t0 = time.time()
+    done = 0
+    if merge and path.exists():
+        old = json.loads(path.read_text())
+        if old["bench"] != bench:
+            raise SystemExit(f"asv_runs: --merge: {path} measured {old['bench']!r}, not {bench!r}")
+        done = old["runs"]
+        for key, b in old["benchmarks"].items():
+            for combo, c in b["combos"].items():
+                values[(key, tuple(combo.split(", ")))] = list(c["values"])
+    t0 = last = time.time()
     for i in range(runs):
-        elapsed = time.time() - t0
-        if deadline_s is not None and i >= 2 and elapsed / i > deadline_s - elapsed:
+        elapsed, took = time.time() - t0, time.time() - last  # the last run is the guide (the first compiles)
+        if deadline_s is not None and i >= 2 and took > deadline_s - elapsed:
             print(f"asv_runs: stopping after {i} noise runs: another would pass the {deadline_s:.0f} s deadline")
             break
+        last = time.time()
         raw = work / f"run{i}"
         run_asv(tree, raw, machine, bench, quick)
         for f in raw.glob("*/*.json"):
@@ -233,8 +244,8 @@ def noise(runs: int, bench: str, machine: str | None, quick: bool, deadline_s: f
             commit, date_ms = commit_and_date(as_commit)
             store.import_results(raw, work / "history", commit=commit, date_ms=date_ms)
             _write_bundle(work / "history", bundle)
-        if i >= 1:
-            record = noise_record(values, machine=machine, runs=i + 1, quick=quick, bench=bench,
+        if done + i >= 1:
+            record = noise_record(values, machine=machine, runs=done + i + 1, quick=quick, bench=bench,
                                   wall_s=round(time.time() - t0))
             write_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
             update_conf_thresholds()
@@ -255,6 +266,8 @@ def noise_record(values: dict[tuple[str, tuple], list[float]], **about) -> dict:
     for b in benchmarks.values():
         b["p95_rel_diff"] = max(c["p95_rel_diff"] for c in b["combos"].values())
         b["threshold"] = threshold_of(b["p95_rel_diff"])
+    for b in benchmarks.values():
+        b["null_check"] = null_check(list(b["combos"].values()))
     stage = [b["threshold"] for k, b in benchmarks.items() if re.search(r"\.(time|track)_(topk|plan|pack|combine|routing_path)", k)]
     return {**about, "commit": os.environ.get("MOE_BENCH_GIT_COMMIT") or (_git("rev-parse", "HEAD") if _has_history("HEAD") else "unknown"),
             "rule": f"threshold = max({FLOOR:.0%}, {FACTOR} x the largest p95 over the benchmark's combinations of "
@@ -262,6 +275,22 @@ def noise_record(values: dict[tuple[str, tuple], list[float]], **about) -> dict:
             "stage_threshold": max(stage or [0.1]),
             "pytest_benchmark_compare_fail": f"median:{round(100 * max(stage or [0.1]))}%",
             "benchmarks": benchmarks}
+
+
+def null_check(combos: list[dict]) -> dict:
+    """Out-of-sample null comparisons: each pair of consecutive runs (i, i+1) is judged as asv's step
+    detection would (slower when b / a - 1 exceeds the threshold) against the threshold the same rule
+    gives from the other runs only. Counts the pairs and the false alarms."""
+    runs = min(len(c["values"]) for c in combos)
+    pairs, alarms = 0, 0
+    for i in range(runs - 1):
+        others = [[v for j, v in enumerate(c["values"]) if j not in (i, i + 1)] for c in combos]
+        if min(len(o) for o in others) < 2:
+            continue
+        t = threshold_of(max(p95(o) for o in others))
+        pairs += 1
+        alarms += any(c["values"][i + 1] / c["values"][i] - 1 > t for c in combos)
+    return {"pairs": pairs, "false_alarms": alarms}
 
 
 FIXED = {"exported\\\\..*": 1.0}  # exported metrics: not timed repeatably here; only gross changes
@@ -306,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--deadline-s", type=float, default=None, help="start no run that would end past this (after two)")
     p.add_argument("--as-commit", default=None, help="the commit the working tree is: its first run goes to --bundle")
     p.add_argument("--bundle", type=Path, default=None, help="tar of that first run's result files")
+    p.add_argument("--merge", action="store_true", help="add to the runs in the machine's noise file")
     sub.add_parser("thresholds", help="only rewrite asv.conf.json's thresholds from results/noise/*.json")
     args = ap.parse_args(argv)
     if args.what == "pack":
@@ -313,12 +343,12 @@ def main(argv: list[str] | None = None) -> int:
     elif args.what == "history":
         history(args.commits, args.bundle, args.bench, args.machine, args.deadline_s)
     elif args.what == "noise":
-        if args.runs < 2:
-            ap.error("--runs must be at least 2")
+        if args.runs < (1 if args.merge else 2):
+            ap.error("--runs must be at least 2 (1 with --merge)")
         import torch
 
         bench = args.bench or (gpu_default if torch.cuda.is_available() else r"^bench_.*\.time_")
-        noise(args.runs, bench, args.machine, args.quick, args.deadline_s, args.as_commit, args.bundle)
+        noise(args.runs, bench, args.machine, args.quick, args.deadline_s, args.as_commit, args.bundle, args.merge)
     else:
         update_conf_thresholds()
     return 0

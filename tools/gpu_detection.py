@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plants", default="pack:0.03,pack:0.05,pack:0.10,combine:0.05")
     ap.add_argument("--nulls", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=2, help="gate comparisons per plant")
+    ap.add_argument("--asv-nulls", type=int, default=None,
+                    help="null commits measured with asv (default --nulls; 0: the noise runs' null check stands in)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--backend", default="triton", help="the backend planted and timed")
     ap.add_argument("--summarize", action="store_true",
@@ -189,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     plants = [(s, float(f)) for s, f in (p.split(":") for p in args.plants.split(","))]
     if any(s not in ("pack", "combine") or not 0 < f <= 1 for s, f in plants) or args.nulls < 1:
         ap.error("--plants: stage:fraction with stage pack or combine, 0 < fraction <= 1; --nulls >= 1")
+    if args.asv_nulls is not None and args.asv_nulls < 0:
+        ap.error("--asv-nulls must be >= 0")
     args.stages = sorted({s for s, _ in plants})
     if args.device == "auto":
         import torch
@@ -199,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="gpu-detection-"))
     repo = scratch_repository(work / "repo")
     branches = [plant_branch(repo, s, f, args.backend) for s, f in plants]
-    nulls = null_chain(repo, args.nulls)
+    nulls = null_chain(repo, args.nulls if args.asv_nulls is None else args.asv_nulls)
     gpu = store.local_gpu()["gpu"] if args.device == "cuda" else None
     doc: dict = {"device": args.device, "backend": args.backend, "machine": store.default_machine_name(gpu),
                  "plants": [], "nulls": {"gate": [], "asv": []}}
