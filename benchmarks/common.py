@@ -140,11 +140,15 @@ def api() -> SimpleNamespace:
     import moe_routing_bench as mrb
 
     if hasattr(mrb, "stage_callables"):
+        if hasattr(mrb, "MoEConfig"):
+            def moe_layer(hidden, ffn, experts, top_k, **kw):
+                return mrb.MoELayer(mrb.MoEConfig(hidden, ffn, experts, top_k, **kw))
+        else:  # the first public API (65bd092) took the layer's arguments directly
+            moe_layer = mrb.MoELayer
         return SimpleNamespace(
             Case=mrb.Case, make_inputs=mrb.make_inputs, stage_callables=mrb.stage_callables,
             get_backend=mrb.get_backend, backend_unavailable_reason=mrb.backend_unavailable_reason,
-            measure=mrb.measure, drop_rates=mrb.metrics.drop_rates,
-            moe_layer=lambda hidden, ffn, experts, top_k, **kw: mrb.MoELayer(mrb.MoEConfig(hidden, ffn, experts, top_k, **kw)))
+            measure=mrb.measure, drop_rates=mrb.metrics.drop_rates, moe_layer=moe_layer)
     from moe_routing_bench import backends, bench, layer, metrics, timing
 
     return SimpleNamespace(

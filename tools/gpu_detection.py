@@ -126,7 +126,10 @@ def judge(doc: dict, noise_dir: Path, conf: Path) -> dict:
     def asv_flag(row: dict) -> bool:
         return row["ratio"] > 1 + verdict.threshold_for(row["benchmark"].split("(")[0], thresholds)
 
+    noise_file = noise_dir / f"{store.safe_name(doc['machine'])}.json"
+    noise = json.loads(noise_file.read_text())["benchmarks"] if noise_file.exists() else {}
     return {"gate_limits": limits,
+            "noise_null_check": {name: b["null_check"] for name, b in noise.items() if "null_check" in b},
             "plants": [{"gate": [gate_flag(g, p["stage"]) for g in p["gate"]],
                         "asv": [asv_flag(r) for r in p.get("asv", []) if f"bench_{p['stage']}." in r["benchmark"]]}
                        for p in doc["plants"]],
@@ -138,7 +141,7 @@ def summarize(doc: dict, flags: dict) -> str:
     """detection.md: per plant and tool, the ratios and how often it was flagged; nulls; the smallest
     slowdown flagged every time."""
     lines = ["| planted | tool | ratios measured (planted stage, backend) | flagged |", "|---|---|---|---|"]
-    caught: dict[str, list[tuple[float, bool]]] = {"gate": [], "asv": []}
+    caught: dict[str, list[tuple[float, bool, float]]] = {"gate": [], "asv": []}
     for p, f in zip(doc["plants"], flags["plants"]):
         stage, fraction = p["stage"], p["fraction"]
         ratios = {"gate": [r["ratio"] for g in p["gate"] for r in g["rows"] if r["key"].startswith(f"{stage}|")],
@@ -146,18 +149,28 @@ def summarize(doc: dict, flags: dict) -> str:
         for tool, label in (("gate", "gate"), ("asv", "asv + verdict")):
             lines.append(f"| {stage} +{fraction:.0%} | {label} | {', '.join(f'{x:.3f}' for x in ratios[tool])} | "
                          f"{sum(f[tool])}/{len(f[tool])} |")
-            caught[tool].append((fraction, bool(f[tool]) and all(f[tool])))
+            caught[tool].append((fraction, bool(f[tool]) and all(f[tool]), min(ratios[tool], default=float("nan"))))
     null_ratios = {"gate": [r["ratio"] for g in doc["nulls"]["gate"] for r in g["rows"]],
                    "asv": [r["ratio"] for rows in doc["nulls"]["asv"] for r in rows]}
     lines.append("")
     for tool, label in (("gate", "gate"), ("asv", "asv + verdict")):
         rs = null_ratios[tool]
+        if not flags["nulls"][tool]:
+            continue
         lines.append(f"Null comparisons (same code twice), {label}: {sum(flags['nulls'][tool])} false alarm(s) in "
                      f"{len(flags['nulls'][tool])}" + (f"; ratios {min(rs):.3f} to {max(rs):.3f}." if rs else "."))
+    checks = flags.get("noise_null_check", {})
+    if checks:
+        pairs, alarms = sum(c["pairs"] for c in checks.values()), sum(c["false_alarms"] for c in checks.values())
+        lines.append(f"Null comparisons from the noise runs (consecutive runs, each pair judged with thresholds from "
+                     f"the other runs), asv + verdict: {alarms} false alarm(s) in {pairs} "
+                     f"({len(checks)} benchmarks).")
     for tool, results in caught.items():
-        always = sorted(f for f, ok in results if ok)
-        lines.append(f"Smallest planted slowdown the {tool} flagged every time: "
-                     + (f"{always[0]:.0%}" if always else "none") + ".")
+        always = sorted((ratio, f) for f, ok, ratio in results if ok)
+        missed = [ratio for f, ok, ratio in results if not ok]
+        lines.append(f"Smallest slowdown the {tool} flagged every time: "
+                     + (f"measured {always[0][0] - 1:.1%} (planted {always[0][1]:.0%})" if always else "none")
+                     + (f"; missed: {', '.join(f'{r - 1:.1%}' for r in sorted(missed))}" if missed else "") + ".")
     limits = ", ".join(f"{s} {v:.2f}" for s, v in sorted(flags["gate_limits"].items())) or f"{gate.FALLBACK_THRESHOLD}"
     lines.append(f"Gate limits (head/base): {limits}; asv thresholds: asv.conf.json's regressions_thresholds.")
     return "\n".join(lines) + "\n"
