@@ -24,7 +24,7 @@ def test_p95_of_pairwise_relative_differences():
     assert 0.3 < asv_runs.p95(values) <= 0.5  # one outlier in ten runs sets the 95th percentile
 
 
-@pytest.mark.parametrize("spread,threshold", [(0.0, 0.02), (0.01, 0.02), (0.02, 0.03), (0.1, 0.15), (0.5, 0.75)])
+@pytest.mark.parametrize("spread,threshold", [(0.0, 0.03), (0.01, 0.03), (0.02, 0.03), (0.021, 0.04), (0.1, 0.15), (0.5, 0.75)])
 def test_threshold_rule(spread, threshold):
     assert asv_runs.threshold_of(spread) == pytest.approx(threshold)
 
@@ -39,6 +39,7 @@ def test_noise_record_takes_the_worst_combination_and_skips_single_values():
     assert pack["p95_rel_diff"] == pytest.approx(0.1, abs=0.002)  # the triton combination: 55 / 50
     assert pack["threshold"] == pytest.approx(0.15) and rec["stage_threshold"] == pytest.approx(0.15)
     assert rec["pytest_benchmark_compare_fail"] == "median:15%" and rec["machine"] == "m"
+    assert pack["by_backend"] == {"torch": 0.03, "triton": 0.15}
 
 
 def test_thresholds_block_of_asv_conf_follows_every_machines_noise_file(tmp_path):
@@ -46,15 +47,24 @@ def test_thresholds_block_of_asv_conf_follows_every_machines_noise_file(tmp_path
     conf.write_text((ROOT / "asv.conf.json").read_text())
     noise = tmp_path / "noise"
     noise.mkdir()
-    (noise / "a.json").write_text(json.dumps({"benchmarks": {"bench_pack.Pack.track_pack_us": {"threshold": 0.03}}}))
+    (noise / "a.json").write_text(json.dumps({"benchmarks": {"bench_pack.Pack.track_pack_us": {
+        "threshold": 0.3, "by_backend": {"torch": 0.3, "triton": 0.03}}}}))
     (noise / "b.json").write_text(json.dumps({"benchmarks": {"bench_pack.Pack.track_pack_us": {"threshold": 0.04},
                                                              "bench_pack.Pack.time_pack": {"threshold": 0.6}}}))
     asv_runs.update_conf_thresholds(conf, noise)
     thresholds = verdict.load_thresholds(conf)
-    assert verdict.threshold_for("bench_pack.Pack.track_pack_us", thresholds) == 0.04  # the larger of two machines
-    assert verdict.threshold_for("bench_pack.Pack.time_pack", thresholds) == 0.6
-    assert verdict.threshold_for("bench_pack.Pack.track_pack_usX", thresholds) == verdict.DEFAULT_THRESHOLD
-    assert verdict.threshold_for("exported.Training.track_x", thresholds) == 1.0
+
+    def t(name):
+        return verdict.threshold_for(name, thresholds)
+
+    # asv's names: benchmark(params)@branch; per backend where measured, the benchmark's largest otherwise
+    assert t("bench_pack.Pack.track_pack_us('triton', 'T16384-H4096-E128-k2', 'uniform')@main") == 0.03
+    assert t("bench_pack.Pack.track_pack_us('torch', 'T16384-H4096-E128-k2', 'uniform')") == 0.3
+    assert t("bench_pack.Pack.track_pack_us('compile', 'T16384-H4096-E128-k2', 'uniform')") == 0.3
+    assert t("bench_pack.Pack.track_pack_us") == 0.3  # the larger of two machines
+    assert t("bench_pack.Pack.time_pack('torch', 'T1024-H256-E16-k2', 'uniform')") == 0.6
+    assert t("bench_pack.Pack.track_pack_usX('triton', 'S')") == verdict.DEFAULT_THRESHOLD
+    assert t("exported.Training.track_x") == 1.0
 
 
 def _export(tmp_path, store_dir, commit, median):

@@ -39,25 +39,27 @@ def test_report_prints_verdict(capsys):
     assert reg.report(reg.compare(["k"], [1e-4], [1e-4]), 1.2, 0.0, "HEAD us") is False
 
 
-def test_per_stage_thresholds_come_from_the_noise_figures(tmp_path, capsys):
+def test_thresholds_per_stage_and_backend_come_from_the_noise_figures(tmp_path, capsys):
     from moe_routing_bench.suite.verdict import stage_thresholds
 
-    noise = {"benchmarks": {"bench_pack.Pack.track_pack_us": {"threshold": 0.03},
-                            "bench_routing.RoutingPath.track_routing_path_us": {"threshold": 0.08},
-                            "bench_capacity.Capacity.track_routing_path_us": {"threshold": 0.12},
-                            "bench_pack.Pack.time_pack": {"threshold": 0.6}}}
+    noise = {"benchmarks": {
+        "bench_pack.Pack.track_pack_us": {"threshold": 0.05, "by_backend": {"torch": 0.05, "triton": 0.03}},
+        "bench_routing.RoutingPath.track_routing_path_us": {"threshold": 0.08},
+        "bench_capacity.Capacity.track_routing_path_us": {"threshold": 0.6},  # with capacity: not the gate's case
+        "bench_pack.Pack.time_pack": {"threshold": 0.6}}}
     (tmp_path / "gpu-x.json").write_text(json.dumps(noise))
     found = stage_thresholds("gpu-x", tmp_path, reg.STAGES)
-    assert found == {"pack": 0.03, "routing_path": 0.12}  # the largest of a stage's track_*_us benchmarks
+    assert found == {"pack": 0.05, "pack|torch": 0.05, "pack|triton": 0.03, "routing_path": 0.08}
     assert stage_thresholds("no-such-machine", tmp_path, reg.STAGES) == {}
-    limits = {s: 1 + t for s, t in found.items()}
-    keys = ["pack|triton|shape", "combine|triton|shape", "routing_path|triton|shape"]
-    rows = reg.compare(keys, [1e-4] * 3, [1.04e-4, 1.15e-4, 1.10e-4])
-    # pack: 4% over its 3%; combine: no figure, the 1.2 fallback; routing path: 10% within its 12%
-    assert [r.regressed(reg.threshold_of(limits, r.key), 0.0) for r in rows] == [True, False, False]
+    limits = {k: 1 + t for k, t in found.items()}
+    keys = ["pack|triton|shape", "pack|compile|shape", "combine|triton|shape", "routing_path|triton|shape"]
+    rows = reg.compare(keys, [1e-4] * 4, [1.04e-4, 1.04e-4, 1.15e-4, 1.10e-4])
+    # triton pack: 4% over its 3%; compile pack: no figure of its own, the stage's 5%; combine: no
+    # figure at all, the 1.2 fallback; routing path: 10% over its 8%
+    assert [r.regressed(reg.threshold_of(limits, r.key), 0.0) for r in rows] == [True, False, False, True]
     assert reg.report(rows, limits, 0.0, "HEAD us") is True
     out = capsys.readouterr().out
-    assert out.count("REGRESSION") == 1 and "1.03" in out and "1.20" in out
+    assert out.count("REGRESSION") == 2 and "1.03" in out and "1.20" in out
 
 
 def test_default_cases_use_the_design_shape_on_gpu():

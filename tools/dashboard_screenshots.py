@@ -4,7 +4,8 @@
     python tools/dashboard_screenshots.py [--out docs] [--config asv.conf.json]
 
 Writes docs/dashboard_gpu_pack.png (pack on the H200, x axis = shape: a bar per backend),
-docs/dashboard_gpu_routing_path.png (the GPU routing path: a series per backend and machine), docs/dashboard_training.png
+docs/dashboard_gpu_routing_path.png (the GPU routing path: a series per backend and machine),
+docs/dashboard_gpu_history_layer.png (the layer's forward + backward over the H200 history), docs/dashboard_training.png
 (a training metric: one series per router) and docs/dashboard_regressions.png. Each page but the first is
 opened as a user opens it: the benchmark's own URL with no parameters in it, so what is shown is
 asv's first view.
@@ -27,6 +28,8 @@ PAGES = {
     # a view chosen by URL: bars per backend over the shapes, on the H200 (asv's x-axis control)
     "dashboard_gpu_pack.png": "bench_pack.Pack.track_pack_us?x-axis=shape&machine=nvidia-h200",
     "dashboard_gpu_routing_path.png": "bench_routing.RoutingPath.track_routing_path_us",
+    # the H200 history, a line per backend: the layer (54e4038 made the fused expert path the default)
+    "dashboard_gpu_history_layer.png": "bench_layer.MoELayer.track_forward_backward_us?machine=nvidia-h200",
     "dashboard_training.png": "exported.Training.track_best_val_loss?x-axis=router&machine=nvidia-h200",
     "dashboard_regressions.png": "regressions",
 }

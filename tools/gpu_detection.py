@@ -114,8 +114,8 @@ def asv_comparisons(repo: Path, pairs: list[tuple[str, str]], args) -> dict[tupl
 
 def judge(doc: dict, noise_dir: Path, conf: Path) -> dict:
     """Flags recomputed from the stored ratios with the thresholds in force now (the noise figures
-    may be measured after the comparisons): gate rows against 1 + the stage's threshold
-    (gate.default_thresholds' rule), asv rows against asv.conf.json's (verdict's rule)."""
+    may be measured after the comparisons): gate rows against 1 + the threshold of their stage
+    and backend (gate.default_thresholds' rule), asv rows against asv.conf.json's (verdict's rule)."""
     limits = {s: 1 + t for s, t in verdict.stage_thresholds(doc["machine"], noise_dir, gate.STAGES).items()}
     thresholds = verdict.load_thresholds(conf)
 
@@ -124,7 +124,7 @@ def judge(doc: dict, noise_dir: Path, conf: Path) -> dict:
                    if stage is None or r["key"].startswith(f"{stage}|"))
 
     def asv_flag(row: dict) -> bool:
-        return row["ratio"] > 1 + verdict.threshold_for(row["benchmark"].split("(")[0], thresholds)
+        return row["ratio"] > 1 + verdict.threshold_for(row["benchmark"], thresholds)
 
     noise_file = noise_dir / f"{store.safe_name(doc['machine'])}.json"
     noise = json.loads(noise_file.read_text())["benchmarks"] if noise_file.exists() else {}
@@ -164,14 +164,15 @@ def summarize(doc: dict, flags: dict) -> str:
         pairs, alarms = sum(c["pairs"] for c in checks.values()), sum(c["false_alarms"] for c in checks.values())
         lines.append(f"Null comparisons from the noise runs (consecutive runs, each pair judged with thresholds from "
                      f"the other runs), asv + verdict: {alarms} false alarm(s) in {pairs} "
-                     f"({len(checks)} benchmarks).")
+                     f"({len(checks)} benchmarks, each backend judged with its own threshold).")
     for tool, results in caught.items():
         always = sorted((ratio, f) for f, ok, ratio in results if ok)
         missed = [ratio for f, ok, ratio in results if not ok]
         lines.append(f"Smallest slowdown the {tool} flagged every time: "
                      + (f"measured {always[0][0] - 1:.1%} (planted {always[0][1]:.0%})" if always else "none")
                      + (f"; missed: {', '.join(f'{r - 1:.1%}' for r in sorted(missed))}" if missed else "") + ".")
-    limits = ", ".join(f"{s} {v:.2f}" for s, v in sorted(flags["gate_limits"].items())) or f"{gate.FALLBACK_THRESHOLD}"
+    limits = ", ".join(f"{s} {v:.2f}" for s, v in sorted(flags["gate_limits"].items()) if "|" in s) \
+        or f"{gate.FALLBACK_THRESHOLD}"
     lines.append(f"Gate limits (head/base): {limits}; asv thresholds: asv.conf.json's regressions_thresholds.")
     return "\n".join(lines) + "\n"
 

@@ -194,8 +194,12 @@ def compare(keys: list[str], base_s: list[float], head_s: list[float]) -> list[C
 
 
 def threshold_of(thresholds: float | dict[str, float], key: str) -> float:
-    """The ratio threshold of a case: one for all, or per stage (a case key starts with its stage)."""
-    return thresholds if isinstance(thresholds, float) else thresholds.get(key.split("|")[0], FALLBACK_THRESHOLD)
+    """The ratio threshold of a case: one for all, or per "stage|backend", else per "stage" (a case
+    key starts with its stage and backend)."""
+    if isinstance(thresholds, float):
+        return thresholds
+    stage, backend = key.split("|")[:2]
+    return thresholds.get(f"{stage}|{backend}", thresholds.get(stage, FALLBACK_THRESHOLD))
 
 
 def report(rows: list[Comparison], thresholds: float | dict[str, float], min_delta_us: float, base_label: str) -> bool:
@@ -273,8 +277,8 @@ def gate_against_baseline(path: Path, repo: Path, cases: list[GateCase], *, roun
 
 
 def default_thresholds(repo: Path, device: str) -> dict[str, float]:
-    """On a GPU: per stage, 1 + the threshold measured there for the stage's track_*_us benchmark
-    (results/noise/<machine>.json; those benchmarks time the same `measure` median as this gate).
+    """On a GPU: per stage and backend, 1 + the threshold measured there for the stage's track_*_us
+    benchmark (results/noise/<machine>.json; those benchmarks time the same `measure` median as this gate).
     Else, or for a stage without figures: 1.2 (the CPU figures are of asv's timer in separate
     processes, not of this gate's best-of-rounds)."""
     from .store import default_machine_name, local_gpu
@@ -287,7 +291,7 @@ def default_thresholds(repo: Path, device: str) -> dict[str, float]:
     if not torch.cuda.is_available():
         return {}
     measured = stage_thresholds(default_machine_name(local_gpu()["gpu"]), Path(repo) / "results" / "noise", STAGES)
-    return {stage: 1.0 + t for stage, t in measured.items()}
+    return {key: 1.0 + t for key, t in measured.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

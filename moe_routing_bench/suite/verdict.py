@@ -7,7 +7,7 @@ For every benchmark combination measured at both commits on the machine (same en
 row: the base and head medians, their spread (interquartile range / median, where asv recorded
 quartiles), the ratio head / base, and the verdict. The threshold of a benchmark is the one asv's
 step detection uses: the largest `regressions_thresholds` entry of asv.conf.json whose regex
-matches the benchmark name (those entries come from the measured noise, tools/asv_noise.py; 5%,
+matches the benchmark name (those entries come from the measured noise, tools/asv_runs.py noise; 5%,
 asv's default, where none matches). A row is "slower" when ratio > 1 + threshold, "faster" when
 ratio < 1 / (1 + threshold), else "same". Lower is better for every benchmark of the suites
 (times, microseconds, bytes); exported higher-is-better metrics are marked "(higher is better)".
@@ -103,7 +103,7 @@ def compare(results_dir: Path, machine: str, base: str, head: str, thresholds: d
         if bench and not re.search(bench, name):
             continue
         (b, bs), (h, hs) = rows_base[key], rows_head[key]
-        rows.append(Row(name, env, b, h, bs, hs, threshold_for(name.split("(")[0], thresholds)))
+        rows.append(Row(name, env, b, h, bs, hs, threshold_for(name, thresholds)))
     return rows
 
 
@@ -129,15 +129,21 @@ def pytest_threshold(machine: str, noise_dir: Path = NOISE_DIR) -> str:
 
 
 def stage_thresholds(machine: str, noise_dir: Path, stages) -> dict[str, float]:
-    """{stage: relative threshold} from the machine's noise figures, the largest over the stage's
-    track_<stage>_us benchmarks ({} without figures)."""
+    """Relative thresholds from the machine's noise figures for the stages' track_<stage>_us
+    benchmarks (bench_capacity's left out): "stage|backend" per backend measured, and "stage" the largest of the stage's ({}
+    without figures)."""
     path = noise_dir / f"{safe_name(machine, 'machine name')}.json"
     if not path.exists():
         return {}
-    benchmarks = json.loads(path.read_text())["benchmarks"]
-    found = {s: [b["threshold"] for name, b in benchmarks.items() if re.search(rf"\.track_{s}_us$", name)]
-             for s in stages}
-    return {s: max(ts) for s, ts in found.items() if ts}
+    out: dict[str, float] = {}
+    for name, b in json.loads(path.read_text())["benchmarks"].items():
+        # the gate's stages run without capacity: bench_capacity's routing path is another benchmark
+        stage = next((s for s in stages if re.fullmatch(rf"bench_(?!capacity\.)\w+\.\w+\.track_{s}_us", name)), None)
+        if stage is None:
+            continue
+        for key, t in [(stage, b["threshold"])] + [(f"{stage}|{k}", v) for k, v in b.get("by_backend", {}).items()]:
+            out[key] = max(out.get(key, 0.0), t)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
