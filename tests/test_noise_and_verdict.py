@@ -152,3 +152,17 @@ def test_history_builds_each_commit_into_asv_runs_environment_and_relabels_it(tm
         dates[r.commit_hash] = r.date
     assert set(dates) == {old, head}
     assert dates[old] == store.resolve_commit(old, ROOT)[1] < dates[head]  # the commits' own dates
+
+
+def test_pytest_threshold_for_one_backend_leaves_the_others_slow_modes_out(tmp_path):
+    noise = {"pytest_benchmark_compare_fail": "median:307%", "benchmarks": {
+        "bench_plan.Plan.track_plan_us": {"threshold": 3.07, "by_backend": {"torch": 3.07, "triton": 0.15}},
+        "bench_pack.Pack.track_pack_us": {"threshold": 0.03, "by_backend": {"torch": 0.03, "triton": 0.03}},
+        "bench_layer.MoELayer.track_forward_us": {"threshold": 0.5, "by_backend": {"triton": 0.5}}}}  # not a stage
+    (tmp_path / "gpu-x.json").write_text(json.dumps(noise))
+    assert verdict.pytest_threshold("gpu-x", tmp_path) == "median:307%"
+    assert verdict.pytest_threshold("gpu-x", tmp_path, backend="triton") == "median:15%"
+    assert verdict.pytest_threshold("gpu-x", tmp_path, backend="torch") == "median:307%"
+    assert verdict.pytest_threshold("no-such-machine", tmp_path, backend="triton") == "median:10%"
+    with pytest.raises(ValueError, match="compile"):
+        verdict.pytest_threshold("gpu-x", tmp_path, backend="compile")

@@ -18,7 +18,7 @@ of `parent` (same code, new hashes). Then:
 
 Writes DIR/detection.json (every comparison, rewritten after each) and DIR/detection.md (the table
 for the README): per plant the ratios measured and how often each tool flagged it; the false
-alarms among the null comparisons; the smallest planted slowdown each tool flagged every time.
+alarms among the null comparisons; the smallest measured slowdown each tool flagged every time.
 Flags are computed from the stored ratios with the thresholds in force when the files are written
 (asv.conf.json and results/noise/<machine>.json, `tools/asv_runs.py noise`), so the noise may be
 measured before or after: `--summarize` judges a stored run again.
@@ -154,9 +154,9 @@ def summarize(doc: dict, flags: dict) -> str:
                    "asv": [r["ratio"] for rows in doc["nulls"]["asv"] for r in rows]}
     lines.append("")
     for tool, label in (("gate", "gate"), ("asv", "asv + verdict")):
-        rs = null_ratios[tool]
         if not flags["nulls"][tool]:
             continue
+        rs = null_ratios[tool]
         lines.append(f"Null comparisons (same code twice), {label}: {sum(flags['nulls'][tool])} false alarm(s) in "
                      f"{len(flags['nulls'][tool])}" + (f"; ratios {min(rs):.3f} to {max(rs):.3f}." if rs else "."))
     checks = flags.get("noise_null_check", {})
@@ -177,11 +177,13 @@ def summarize(doc: dict, flags: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(doc: dict, out: Path) -> None:
-    """detection.json (what was measured) and detection.md (judged with today's thresholds)."""
+def write(doc: dict, out: Path) -> str:
+    """detection.json (what was measured) and detection.md (judged with today's thresholds); returns the latter."""
     flags = judge(doc, ROOT / "results" / "noise", ROOT / "asv.conf.json")
+    md = summarize(doc, flags)
     write_atomic(out / "detection.json", json.dumps({**doc, "flags": flags}, indent=2) + "\n")
-    write_atomic(out / "detection.md", summarize(doc, flags))
+    write_atomic(out / "detection.md", md)
+    return md
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,9 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="measure nothing: judge OUT/detection.json again with the thresholds in force now")
     args = ap.parse_args(argv)
     if args.summarize:
-        doc = json.loads((args.out / "detection.json").read_text())
-        write(doc, args.out)
-        print(summarize(doc, judge(doc, ROOT / "results" / "noise", ROOT / "asv.conf.json")), end="")
+        print(write(json.loads((args.out / "detection.json").read_text()), args.out), end="")
         return 0
     plants = [(s, float(f)) for s, f in (p.split(":") for p in args.plants.split(","))]
     if any(s not in ("pack", "combine") or not 0 < f <= 1 for s, f in plants) or args.nulls < 1:
@@ -237,8 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         p["asv"] = rows[("parent", p["branch"])]
     doc["nulls"]["asv"] = [rows[pair] for pair in zip(chain, chain[1:])]
     doc["wall_s"] = round(time.time() - t0)
-    write(doc, args.out)
-    print((args.out / "detection.md").read_text(), end="")
+    print(write(doc, args.out), end="")
     print(f"gpu_detection: {doc['wall_s']} s; {args.out}/detection.json and detection.md")
     return 0
 

@@ -1,7 +1,7 @@
 """Compare two commits in the result store and print a verdict table to paste into a pull request.
 
     python -m moe_routing_bench.suite.verdict BASE HEAD [--machine M] [-b REGEX] [--fail]
-    python -m moe_routing_bench.suite.verdict --pytest-threshold [--machine M]   # e.g. "median:7%"
+    python -m moe_routing_bench.suite.verdict --pytest-threshold [--backend B] [--machine M]   # e.g. "median:7%"
 
 For every benchmark combination measured at both commits on the machine (same environment), one
 row: the base and head medians, their spread (interquartile range / median, where asv recorded
@@ -120,18 +120,27 @@ def table(rows: list[Row]) -> str:
                     tablefmt="github")
 
 
-def pytest_threshold(machine: str, noise_dir: Path = NOISE_DIR) -> str:
-    """`median:N%` for --benchmark-compare-fail, from the machine's noise figures (10% without them)."""
+def pytest_threshold(machine: str, noise_dir: Path = NOISE_DIR, backend: str | None = None) -> str:
+    """`median:N%` for --benchmark-compare-fail, from the machine's noise figures (10% without them):
+    the largest stage threshold, or the largest of one backend's stages (for `pytest -k BACKEND`:
+    pytest-benchmark applies one threshold to every benchmark it compares)."""
     path = noise_dir / f"{safe_name(machine, 'machine name')}.json"
     if not path.exists():
         return "median:10%"
-    return json.loads(path.read_text())["pytest_benchmark_compare_fail"]
+    if backend is None:
+        return json.loads(path.read_text())["pytest_benchmark_compare_fail"]
+    from .gate import STAGES
+
+    found = [t for key, t in stage_thresholds(machine, noise_dir, STAGES).items() if key.endswith(f"|{backend}")]
+    if not found:
+        raise ValueError(f"no noise figures for backend {backend!r} on {machine}")
+    return f"median:{round(100 * max(found))}%"
 
 
 def stage_thresholds(machine: str, noise_dir: Path, stages) -> dict[str, float]:
     """Relative thresholds from the machine's noise figures for the stages' track_<stage>_us
-    benchmarks (bench_capacity's left out): "stage|backend" per backend measured, and "stage" the largest of the stage's ({}
-    without figures)."""
+    benchmarks (bench_capacity's left out): "stage|backend" per backend measured and "stage" the
+    largest of the stage's ({} without figures)."""
     path = noise_dir / f"{safe_name(machine, 'machine name')}.json"
     if not path.exists():
         return {}
@@ -157,11 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-b", "--bench", default=None, help="regex on benchmark names")
     ap.add_argument("--fail", action="store_true", help="exit 1 when a benchmark is slower")
     ap.add_argument("--pytest-threshold", action="store_true", help="print the --benchmark-compare-fail value")
+    ap.add_argument("--backend", default=None, help="with --pytest-threshold: that backend's stages only")
     args = ap.parse_args(argv)
     try:
         machine = safe_name(args.machine or default_machine_name(), "machine name")
         if args.pytest_threshold:
-            print(pytest_threshold(machine))
+            print(pytest_threshold(machine, backend=args.backend))
             return 0
         if not (args.base and args.head):
             raise ValueError("give BASE and HEAD commits")
