@@ -125,6 +125,23 @@ def test_sweep_records_failure_goes_on_and_resumes(tmp_path, monkeypatch, capsys
     assert curve.stat().st_size > 1000
 
 
+def test_max_runs_runs_a_sweep_in_waves_seed_major(tmp_path, capsys):
+    root = tmp_path / "sw"
+    argv = ["--outdir-root", str(root), "--router-list", "softk,hash", "--num-experts-list", "4", "--topk-list", "2",
+            "--capacity-factors", "1.0", "--seeds", "1,2", "--max-runs", "3", *TINY]
+    assert sweep.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "0 already finished, 3 to run, 1 left for a rerun" in out and "1 left: rerun the same command" in out
+    finished = sorted(d.name for d in root.iterdir() if sweep.run_finished(d, 4))
+    # seed-major: both routers' first seed before any second seed
+    assert len(finished) == 3 and {"Rsoftk_E4_K2_CF1.0_S1", "Rhash_E4_K2_CF1.0_S1"} <= set(finished)
+    assert sweep.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "3 already finished, 1 to run ->" in out and "left" not in out
+    assert sweep.main([*argv[:-len(TINY)], "--max-runs", "-1", *TINY]) == 2
+    assert "--max-runs must be at least 1" in capsys.readouterr().err
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -76,6 +76,8 @@ class SweepOptions:
     nproc_per_node: int | None = C.opt(None, "GPUs per run under plain python (default 1: runs placed one per "
                                        "GPU, in parallel); under torchrun the world size", type=C.optional_int)
     runs_per_gpu: int = C.opt(1, "concurrent runs per GPU (plain python)")
+    max_runs: int | None = C.opt(None, "start at most this many of the runs left (seed-major order); a rerun "
+                                 "continues: a sweep in whole waves of time-limited calls", type=C.optional_int)
     subprocess: bool = C.opt(False, "on CPU, run each grid point in its own process")
     keep_checkpoints: bool = C.opt(False, "keep each finished run's checkpoints")
     summary_out: str | None = C.opt(None, "summary CSV (default OUTDIR_ROOT/summary.csv)", type=str)
@@ -272,10 +274,7 @@ def run_subprocesses(configs: dict[Point, C.TrainConfig], status: Status, opts: 
     groups = [gpus[i:i + nproc] for i in range(0, len(gpus) - nproc + 1, nproc)] if gpus else [[]]
     slots = [g for g in groups for _ in range(max(1, opts.runs_per_gpu))]
     free = list(range(len(slots)))
-    # seed-major order: the first runs side by side are distinct configurations, so the later
-    # seeds of each find its compiled graph in torch.compile's on-disk cache
-    seeds = sorted({pt.seed for pt in configs})
-    pending = sorted(configs, key=lambda pt: seeds.index(pt.seed))
+    pending = list(configs)  # seed-major (_sweep)
     compile_threads = str(max(1, (os.cpu_count() or 1) // len(slots)))
     running: dict[subprocess.Popen, tuple[Point, int, float, object]] = {}
     n, done = len(configs), 0
@@ -372,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None, world: int, rank: int) -> int:
     opts, cfg = parse(argv)
+    if opts.max_runs is not None and opts.max_runs < 1:
+        raise mrb.ConfigError(f"--max-runs must be at least 1, got {opts.max_runs}")
     flips = [f.replace("-", "_") for f in _csv(opts.flip_list)]
     points = grid(opts, cfg.semantics)
     base = {None: cfg}
@@ -399,7 +400,12 @@ def _sweep(opts: SweepOptions, cfg: C.TrainConfig, configs: dict[Point, C.TrainC
 
     status = Status(root, write=rank == 0)
     skipped = [pt for pt, c in configs.items() if run_finished(Path(c.run.outdir), c.optim.max_steps)]
-    todo = {pt: c for pt, c in configs.items() if pt not in skipped}
+    # seed-major order: the first runs side by side are distinct configurations, so the later
+    # seeds of each find its compiled graph in torch.compile's on-disk cache
+    seeds = sorted({pt.seed for pt in configs})
+    todo = {pt: configs[pt] for pt in sorted(configs, key=lambda pt: seeds.index(pt.seed)) if pt not in skipped}
+    left = list(todo)[opts.max_runs:] if opts.max_runs is not None else []
+    todo = {pt: c for pt, c in todo.items() if pt not in left}
     ctx = None
     if world > 1:
         import torch.distributed as dist
@@ -410,10 +416,11 @@ def _sweep(opts: SweepOptions, cfg: C.TrainConfig, configs: dict[Point, C.TrainC
         decided = [[pt.tag for pt in todo]]
         dist.broadcast_object_list(decided, src=0)  # rank 0's view of what is finished decides
         todo = {pt: c for pt, c in configs.items() if pt.tag in set(decided[0])}
-        skipped = [pt for pt in configs if pt not in todo]
+        skipped = [pt for pt in configs if pt not in todo and pt not in left]
     if rank == 0:
         print(f"sweep: {len(configs)} runs (preset {cfg.preset}), {len(skipped)} already finished, "
-              f"{len(todo)} to run -> {root}", flush=True)
+              f"{len(todo)} to run" + (f", {len(left)} left for a rerun (--max-runs)" if left else "")
+              + f" -> {root}", flush=True)
         for pt in skipped:
             status.data.setdefault(pt.tag, {"status": "done"})
     t0 = time.time()
@@ -443,7 +450,8 @@ def _sweep(opts: SweepOptions, cfg: C.TrainConfig, configs: dict[Point, C.TrainC
         return 0
     failed = status.failed([pt.tag for pt in todo])
     print(f"sweep: finished in {time.time() - t0:.0f}s; {len(todo) - len(failed)} ok, {len(failed)} failed, "
-          f"{len(skipped)} skipped", flush=True)
+          f"{len(skipped)} skipped" + (f"; {len(left)} left: rerun the same command to continue" if left else ""),
+          flush=True)
     from train.summarize import print_table, summarize
 
     summary_out = Path(opts.summary_out) if opts.summary_out else root / "summary.csv"
