@@ -22,16 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "train"]
 sys.path.insert(0, str(ROOT))
 
-from train.figures import save_figure  # noqa: E402
+from train.figures import cell_float, save_figure  # noqa: E402
 
 MARKERS = {1: "o", 2: "s", 3: "D", 4: "^", 8: "v"}
-
-
-def _f(v):
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
 
 
 def _truthy(v) -> bool:
@@ -48,17 +41,17 @@ def load_points(summary: str, x: str, y: str, filter_E=None, filter_dim=None, se
     rows = [r for r in rows if all(str(r.get(k, "")).strip() == v for k, v in (select or {}).items())]
     pts = []
     for r in rows:
-        if filter_E is not None and _f(r.get("num_experts")) != float(filter_E):
+        if filter_E is not None and cell_float(r.get("num_experts")) != float(filter_E):
             continue
-        if filter_dim is not None and _f(r.get("dim")) != float(filter_dim):
+        if filter_dim is not None and cell_float(r.get("dim")) != float(filter_dim):
             continue
-        px, py = _f(r.get(x)), _f(r.get(y))
+        px, py = cell_float(r.get(x)), cell_float(r.get(y))
         if px is None or py is None:
             continue
         causal = r.get("causal_safe", "")
         pts.append({
-            "x": px, "y": py, "xerr": _f(r.get(x + "_std")) or 0.0, "yerr": _f(r.get(y + "_std")) or 0.0,
-            "router": r.get("router", "?"), "k": int(_f(r.get("top_k")) or 0), "cf": r.get("capacity_factor", ""),
+            "x": px, "y": py, "xerr": cell_float(r.get(x + "_std")) or 0.0, "yerr": cell_float(r.get(y + "_std")) or 0.0,
+            "router": r.get("router", "?"), "k": int(cell_float(r.get("top_k")) or 0), "cf": r.get("capacity_factor", ""),
             "causal_safe": _truthy(causal) if causal != "" else r.get("router") != "expert-choice",
             "semantics": r.get("semantics") or "ours",
         })

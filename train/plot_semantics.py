@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "train"]
 sys.path.insert(0, str(ROOT))
 
-from train.figures import save_figure  # noqa: E402
+from train.figures import cell_float, save_figure  # noqa: E402
 from train.summarize import ci95_halfwidth, welch  # noqa: E402
 
 
@@ -39,20 +39,13 @@ def _matches(row: dict, selection: dict[str, str]) -> bool:
     return all(str(row.get(k, "")).strip() == v for k, v in selection.items())
 
 
-def _f(v):
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
-
-
 def collect(rows: list[dict], selection: dict[str, str], metric: str) -> dict[tuple[str, str], dict]:
     """Per (capacity factor, router): the per-seed values of `metric` from the run rows that match."""
     out: dict[tuple[str, str], dict] = {}
     for r in rows:
         if r.get("row_type", "run") != "run" or not _matches(r, selection):
             continue
-        v = _f(r.get(metric))
+        v = cell_float(r.get(metric))
         if v is None:
             continue
         cell = out.setdefault((r.get("capacity_factor", ""), r.get("router", "?")),
@@ -79,7 +72,7 @@ def plot(summary: str, a: dict, b: dict, out: str, metric: str = "final_val_ppl"
         raise ValueError(f"no run rows with {metric} match {a} or {b}")
     label_a = label_a or ",".join(f"{k}={v}" for k, v in a.items()) or "a"
     label_b = label_b or ",".join(f"{k}={v}" for k, v in b.items()) or "b"
-    cfs = sorted({cf for cf, _ in keys}, key=lambda c: (_f(c) is None, _f(c) or 0.0))
+    cfs = sorted({cf for cf, _ in keys}, key=lambda c: (cell_float(c) is None, cell_float(c) or 0.0))
 
     def error(values):
         if len(values) < 2:
