@@ -14,7 +14,7 @@
 # MACHINE (default: named after the GPU, e.g. nvidia-h200), MOE_BENCH_ASV_SUBSET=main and
 # MOE_BENCH_ASV_BACKENDS=torch,triton (a cheaper history: benchmarks/common.py), DEADLINE_S (start no commit past it), NOISE_RUNS,
 # NOISE_DEADLINE_S (start no noise run past it, after two), HISTORY_BENCH (the history's
-# `--bench REGEX` arguments, default BENCH's), NOISE_MERGE=1 (add to
+# asv -b regex, default BENCH), NOISE_MERGE=1 (add to
 # the runs in results/noise/<machine>.json); with MOE_BENCH_GIT_COMMIT (the commit
 # the working tree is, `pack`ed) the first noise run is also that commit's history entry: $OUT/noise_run1.tar.
 set -euo pipefail
@@ -29,6 +29,7 @@ else
     "${PYTHON:-python3}" dev.py setup
 fi
 PY="$PWD/.venv/bin/python"
+HISTORY_BENCH="${HISTORY_BENCH:-${BENCH:-}}"
 mkdir -p "$OUT"
 start=$(date +%s)
 if [ -n "${NOISE_RUNS:-}" ]; then
@@ -40,7 +41,7 @@ fi
 if [ -n "${COMMITS:-}" ]; then
     # shellcheck disable=SC2086
     # old commits tune with triton.autotune in every process: keep its results on disk across processes
-    TRITON_CACHE_AUTOTUNING=1 "$PY" tools/asv_runs.py history $COMMITS --bundle "$OUT/asv_results.tar" ${HISTORY_BENCH:-${BENCH:+--bench "$BENCH"}} ${MACHINE:+--machine "$MACHINE"} ${DEADLINE_S:+--deadline-s "$DEADLINE_S"}
+    TRITON_CACHE_AUTOTUNING=1 "$PY" tools/asv_runs.py history $COMMITS --bundle "$OUT/asv_results.tar" ${HISTORY_BENCH:+--bench "$HISTORY_BENCH"} ${MACHINE:+--machine "$MACHINE"} ${DEADLINE_S:+--deadline-s "$DEADLINE_S"}
     echo "gpu_asv.sh: $(echo $COMMITS | wc -w) commits in $(( $(date +%s) - start )) s"
 fi
 echo "gpu_asv.sh: total $(( $(date +%s) - start )) s"

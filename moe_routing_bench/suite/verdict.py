@@ -137,21 +137,26 @@ def pytest_threshold(machine: str, noise_dir: Path = NOISE_DIR, backend: str | N
     return f"median:{round(100 * max(found))}%"
 
 
+# the asv benchmark timing each gate stage the same way (`measure` median, no capacity)
+STAGE_BENCHMARKS = {"topk": "bench_topk.TopK.track_topk_us", "plan": "bench_plan.Plan.track_plan_us",
+                    "pack": "bench_pack.Pack.track_pack_us", "combine": "bench_combine.Combine.track_combine_us",
+                    "routing_path": "bench_routing.RoutingPath.track_routing_path_us"}
+
+
 def stage_thresholds(machine: str, noise_dir: Path, stages) -> dict[str, float]:
-    """Relative thresholds from the machine's noise figures for the stages' track_<stage>_us
-    benchmarks (bench_capacity's left out): "stage|backend" per backend measured and "stage" the
-    largest of the stage's ({} without figures)."""
+    """Relative thresholds of the stages' benchmarks (STAGE_BENCHMARKS) from the machine's noise
+    figures: "stage|backend" per backend measured and "stage" the benchmark's largest ({} without
+    figures)."""
     path = noise_dir / f"{safe_name(machine, 'machine name')}.json"
     if not path.exists():
         return {}
+    benchmarks = json.loads(path.read_text())["benchmarks"]
     out: dict[str, float] = {}
-    for name, b in json.loads(path.read_text())["benchmarks"].items():
-        # the gate's stages run without capacity: bench_capacity's routing path is another benchmark
-        stage = next((s for s in stages if re.fullmatch(rf"bench_(?!capacity\.)\w+\.\w+\.track_{s}_us", name)), None)
-        if stage is None:
-            continue
-        for key, t in [(stage, b["threshold"])] + [(f"{stage}|{k}", v) for k, v in b.get("by_backend", {}).items()]:
-            out[key] = max(out.get(key, 0.0), t)
+    for stage in stages:
+        b = benchmarks.get(STAGE_BENCHMARKS[stage])
+        if b is not None:
+            out[stage] = b["threshold"]
+            out.update({f"{stage}|{k}": v for k, v in b.get("by_backend", {}).items()})
     return out
 
 
