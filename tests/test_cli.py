@@ -102,6 +102,11 @@ def test_roofline_writes_records_and_png(tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert {r["name"] for r in rows} == {"topk", "plan", "pack", "combine", "routing_path"}
     assert all("pct_of_copy" in r for r in rows if r["name"] in ("pack", "combine"))
+    for r in rows:  # pack and combine carry the same stage's time on the stream workload
+        if r["name"] in ("pack", "combine"):
+            assert r["stream_us"] > 0 and r["pct_of_stream"] == pytest.approx(100 * r["stream_us"] / r["median_us"])
+        else:
+            assert "stream_us" not in r and "pct_of_stream" not in r
     assert png.stat().st_size > 1000
 
 

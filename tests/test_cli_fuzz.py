@@ -79,7 +79,7 @@ def command_lines(draw) -> list[str]:
                                        [",", "", "cuda-magic", "torch,,", " , "], 0.08))]
     argv += ["--dtype", draw(_mixed(["float32", "bf16", "fp16", "float16"], ["float8", "int8", ""], 0.04))]
     argv += ["--seed", draw(_mixed(["0", "17", "123456789"], ["-1", "1e3", str(2**64)], 0.04))]
-    argv += ["--workload", draw(_mixed(["uniform", "zipf", "hot", "balanced", f"file:{FILES['good8']}"],
+    argv += ["--workload", draw(_mixed(["uniform", "zipf", "hot", "balanced", "stream", f"file:{FILES['good8']}"],
                                        ["bursty", "file:", f"file:{FILES['missing']}", f"file:{FILES['empty']}",
                                         f"file:{FILES['rows0']}", f"file:{FILES['ints']}", f"file:{FILES['dir']}",
                                         f"file:{FILES['pickle']}", f"file:{FILES['nan']}", f"file:{FILES['text']}",

@@ -140,7 +140,7 @@ def _run_flags(p, *, iters=100, backend="torch", out=None, out_help="") -> None:
     p.add_argument("--warmup", type=_int, default=10, help="untimed repetitions first (>= 0)")
     p.add_argument("--iters", type=_int, default=iters, help="timed repetitions (>= 1); the median is reported")
     p.add_argument("--workload", default="uniform",
-                   help="router logits: uniform | zipf | hot | balanced | file:PATH (a [N, E] tensor saved with torch.save)")
+                   help="router logits: uniform | zipf | hot | balanced | stream | file:PATH (a [N, E] tensor saved with torch.save)")
     p.add_argument(*spellings("--backend"), dest="backend", default=backend, metavar="NAMES",
                    help=f"comma-separated backends, 'all', or 'auto' (all on a GPU, torch on a CPU): "
                         f"{', '.join(BACKENDS)} (the seed's torch_soft = torch; --impl and --impl-topk are the "
@@ -229,7 +229,7 @@ class Runner:
 
 
 STAGE_COLUMNS = ["name", "backend", "num_tokens", "hidden_dim", "num_experts", "top_k", "workload",
-                 "median_us", "p10_us", "p90_us", "bw_GBps_strict", "pct_of_copy"]
+                 "median_us", "p10_us", "p90_us", "bw_GBps_strict", "pct_of_copy", "pct_of_stream"]
 
 
 def _stage_records(run: Runner, case: bench.Case, stages: tuple[str, ...]) -> None:

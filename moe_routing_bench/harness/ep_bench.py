@@ -80,7 +80,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-experts", type=int, default=64)
     p.add_argument("--top-k", type=int, default=2)
     p.add_argument("--dtype", default="bfloat16", help="bfloat16 | float16 | float32 (GPU grouped GEMM: bfloat16)")
-    p.add_argument("--workloads", default="uniform,zipf,hot", help="comma-separated: uniform | zipf | hot | balanced")
+    p.add_argument("--workloads", default="uniform,zipf,hot", help="comma-separated: uniform | zipf | hot | balanced | stream")
     p.add_argument("--strategy", default="softk", help="top1 | topk-hard | softk | hash | expert-choice | aux-free")
     p.add_argument("--capacity-factor", default="none", help="a number, or 'none' for dropless (capacity per rank)")
     p.add_argument("--drop-policy", default="position", help="position | score")

@@ -8,6 +8,7 @@ Shape legend: T tokens, H hidden, E experts.
 | `zipf`     | log p_i + Gumbel noise with p_i ~ 1/(i+1)^s: top-1 expert i has probability p_i |
 | `hot`      | the same with `hot_experts` experts sharing `hot_fraction` of the traffic     |
 | `balanced` | round-robin: token t prefers experts (t*K + j) mod E, j = 0..K-1, in that order |
+| `stream`   | every token prefers experts 0..K-1, in that order: dropless pack and combine then move their rows in K sequential streams (the roofline's reference for their bytes without the scatter) |
 | `file:P`   | logits recorded from a trained router (a [N, E] tensor saved with torch.save), tiled to T rows |
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 
 from ..routing.validation import ConfigError
 
-WORKLOADS = ("uniform", "zipf", "hot", "balanced")
+WORKLOADS = ("uniform", "zipf", "hot", "balanced", "stream")
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,9 @@ def router_logits(spec: WorkloadSpec, num_tokens: int, num_experts: int, top_k: 
         t = torch.arange(T)[:, None]
         j = torch.arange(top_k)[None, :]
         logits.scatter_(1, (t * top_k + j) % E, (10.0 - j).float().expand(T, top_k).contiguous())
+    elif spec.name == "stream":
+        logits = 0.01 * torch.randn(T, E, generator=gen)
+        logits[:, :top_k] = 10.0 - torch.arange(top_k, dtype=torch.float32)
     else:
         recorded = load_recorded_logits(spec.name[len("file:"):], E)
         logits = recorded.repeat(math.ceil(T / recorded.shape[0]), 1)[:T]
