@@ -142,6 +142,41 @@ def test_max_runs_runs_a_sweep_in_waves_seed_major(tmp_path, capsys):
     assert "--max-runs must be at least 1" in capsys.readouterr().err
 
 
+def test_deadline_allows_a_start_only_if_the_longest_run_so_far_would_end_in_time():
+    assert sweep.Deadline(None).allows_start()
+    d = sweep.Deadline(100.0, start=time.time())
+    assert d.allows_start()  # nothing finished yet: the first runs always start
+    d.finished(30.0)
+    d.finished(5.0)
+    assert d.longest == 30.0 and d.allows_start()
+    d.finished(101.0)
+    assert not d.allows_start()
+    late = sweep.Deadline(10.0, start=time.time() - 11)
+    assert late.allows_start()  # past the end, but no run has finished: the first wave starts
+    late.finished(0.0)
+    assert not late.allows_start()
+
+
+@pytest.mark.parametrize("placement", [[], ["--subprocess", "--runs-per-gpu", "2"]], ids=["in-process", "subprocess"])
+def test_deadline_holds_back_runs_that_would_not_end_in_time_and_a_rerun_continues(tmp_path, capsys, placement):
+    root = tmp_path / "sw"
+    argv = ["--outdir-root", str(root), "--router-list", "softk,hash", "--num-experts-list", "4", "--topk-list", "2",
+            "--capacity-factors", "1.0", "--seeds", "1,2", *placement, *TINY]
+    assert sweep.main([*argv, "--deadline-s", "0.001"]) == 0
+    out = capsys.readouterr().out
+    first_wave = 2 if placement else 1  # every free slot starts before any run has finished
+    held = 4 - first_wave
+    assert f"{first_wave} ok, 0 failed" in out and f"{held} left ({held} held back by --deadline-s)" in out
+    assert sum(sweep.run_finished(d, 4) for d in root.iterdir() if d.is_dir()) == first_wave
+    status = json.loads((root / "sweep_status.json").read_text())
+    assert sorted(v["status"] for v in status.values()) == ["done"] * first_wave  # held-back runs: no entry
+    assert sweep.main(argv) == 0
+    assert f"{first_wave} already finished, {held} to run ->" in capsys.readouterr().out
+    assert sum(sweep.run_finished(d, 4) for d in root.iterdir() if d.is_dir()) == 4
+    assert sweep.main([*argv, "--deadline-s", "-5"]) == 2
+    assert "--deadline-s must be a number of seconds > 0" in capsys.readouterr().err
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -11,7 +11,9 @@ those the grid sets per run: --router, --num-experts, --top-k, --capacity-factor
 Each grid point trains in its own folder ``OUTDIR_ROOT/R{router}_E{E}_K{k}_CF{cf}_S{seed}`` (router
 without '-'; top1 only at k=1; dense once per E and k, its capacity factor 'none'; attribution runs
 end in ``_no-{factor}``). A run whose log ends with the done record of the same --max-steps is
-skipped, so a stopped sweep resumes; a half-finished run resumes from its checkpoint. One sweep
+skipped, so a stopped sweep resumes; a half-finished run resumes from its checkpoint. On a machine
+with a time limit, ``--max-runs N`` starts at most N runs and ``--deadline-s S`` starts none that
+would end after S seconds (judged by the longest run so far); rerun to continue. One sweep
 owns OUTDIR_ROOT (a lock) and each run owns its folder, so a rerun never starts a second writer.
 A failed run is recorded in ``sweep_status.json`` and the sweep goes on. A summary
 (``train/summarize.py``) is written at the end.
@@ -78,6 +80,10 @@ class SweepOptions:
     runs_per_gpu: int = C.opt(1, "concurrent runs per GPU (plain python)")
     max_runs: int | None = C.opt(None, "start at most this many of the runs left (seed-major order); a rerun "
                                  "continues: a sweep in whole waves of time-limited calls", type=C.optional_int)
+    deadline_s: float | None = C.opt(None, "start no run that would end more than this many seconds after the "
+                                     "sweep started, judged by the longest run finished so far (the first runs "
+                                     "always start); a rerun continues: for machines with a time limit",
+                                     type=C.optional_float)
     subprocess: bool = C.opt(False, "on CPU, run each grid point in its own process")
     keep_checkpoints: bool = C.opt(False, "keep each finished run's checkpoints")
     summary_out: str | None = C.opt(None, "summary CSV (default OUTDIR_ROOT/summary.csv)", type=str)
@@ -213,15 +219,36 @@ class Status:
 
 # ----------------------------------------------------------------------------- modes
 
-def run_in_process(configs: dict[Point, C.TrainConfig], status: Status, rank: int = 0) -> None:
-    """Each grid point trained by loop.train in this process (CPU, or one DDP job under torchrun)."""
+class Deadline:
+    """When to stop starting runs: a run may start while now + the longest finished run so far ends
+    before `start + seconds` (no limit when seconds is None; before any run has finished, every run
+    that has a free slot starts)."""
+
+    def __init__(self, seconds: float | None, start: float | None = None):
+        self.end = None if seconds is None else (time.time() if start is None else start) + seconds
+        self.longest: float | None = None
+
+    def finished(self, seconds: float) -> None:
+        self.longest = seconds if self.longest is None else max(self.longest, seconds)
+
+    def allows_start(self) -> bool:
+        return self.end is None or self.longest is None or time.time() + self.longest <= self.end
+
+
+def run_in_process(configs: dict[Point, C.TrainConfig], status: Status, rank: int = 0,
+                   deadline: Deadline | None = None) -> list[Point]:
+    """Each grid point trained by loop.train in this process (CPU, or one DDP job under torchrun).
+    Returns the points the deadline left unstarted."""
     import torch
 
     from train import loop
     from train.train import fatal_message
 
+    deadline = deadline or Deadline(None)
     n = len(configs)
     for i, (pt, cfg) in enumerate(configs.items(), 1):
+        if not deadline.allows_start():
+            return list(configs)[i - 1:]
         if rank == 0:
             print(f"[{i}/{n}] {pt.tag}: training ({cfg.optim.max_steps} steps)", flush=True)
         t0 = time.time()
@@ -234,10 +261,12 @@ def run_in_process(configs: dict[Point, C.TrainConfig], status: Status, rank: in
             if cfg.optim.compile:
                 torch._dynamo.reset()
         dt = time.time() - t0
+        deadline.finished(dt)
         if rank == 0:
             status.set(pt.tag, status="done" if ok else "failed", seconds=round(dt, 1), error=err)
             print(f"[{i}/{n}] {pt.tag} {'ok' if ok else 'FAILED'} {dt:.1f}s "
                   f"{_run_summary(Path(cfg.run.outdir)) if ok else err}", flush=True)
+    return []
 
 
 class Stopped(Exception):
@@ -269,8 +298,10 @@ def end_children(running: dict) -> None:
 
 
 def run_subprocesses(configs: dict[Point, C.TrainConfig], status: Status, opts: SweepOptions,
-                     gpus: list[str], nproc: int) -> None:
-    """Subprocess per grid point; GPUs split into groups of nproc, runs_per_gpu runs per group."""
+                     gpus: list[str], nproc: int, deadline: Deadline | None = None) -> list[Point]:
+    """Subprocess per grid point; GPUs split into groups of nproc, runs_per_gpu runs per group.
+    Returns the points the deadline left unstarted."""
+    deadline = deadline or Deadline(None)
     groups = [gpus[i:i + nproc] for i in range(0, len(gpus) - nproc + 1, nproc)] if gpus else [[]]
     slots = [g for g in groups for _ in range(max(1, opts.runs_per_gpu))]
     free = list(range(len(slots)))
@@ -281,7 +312,7 @@ def run_subprocesses(configs: dict[Point, C.TrainConfig], status: Status, opts: 
     previous = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         while pending or running:
-            while pending and free:
+            while pending and free and deadline.allows_start():
                 pt, slot = pending.pop(0), free.pop(0)
                 cfg = configs[pt]
                 run_dir = Path(cfg.run.outdir)
@@ -303,6 +334,8 @@ def run_subprocesses(configs: dict[Point, C.TrainConfig], status: Status, opts: 
                 running[proc] = (pt, slot, time.time(), out)
                 print(f"[{done + len(running)}/{n}] {pt.tag}: started"
                       + (f" on GPU {','.join(slots[slot])}" if slots[slot] else ""), flush=True)
+            if not running:  # the deadline holds back what is pending
+                break
             time.sleep(0.5)
             for proc in [p for p in running if p.poll() is not None]:
                 pt, slot, t0, out = running.pop(proc)
@@ -310,6 +343,7 @@ def run_subprocesses(configs: dict[Point, C.TrainConfig], status: Status, opts: 
                 free.append(slot)
                 done += 1
                 dt = time.time() - t0
+                deadline.finished(dt)
                 run_dir = Path(configs[pt].run.outdir)
                 ok = proc.returncode == 0 and run_finished(run_dir, configs[pt].optim.max_steps)
                 err = None
@@ -329,6 +363,7 @@ def run_subprocesses(configs: dict[Point, C.TrainConfig], status: Status, opts: 
             for proc, (pt, *_rest, out) in running.items():
                 out.close()
                 status.set(pt.tag, status="stopped", returncode=proc.returncode)
+    return pending
 
 
 def check_data(cfg: C.TrainConfig) -> None:
@@ -373,6 +408,11 @@ def _main(argv: list[str] | None, world: int, rank: int) -> int:
     opts, cfg = parse(argv)
     if opts.max_runs is not None and opts.max_runs < 1:
         raise mrb.ConfigError(f"--max-runs must be at least 1, got {opts.max_runs}")
+    if opts.deadline_s is not None and not 0 < opts.deadline_s < float("inf"):
+        raise mrb.ConfigError(f"--deadline-s must be a number of seconds > 0, got {opts.deadline_s}")
+    if opts.deadline_s is not None and world > 1:
+        raise mrb.ConfigError("--deadline-s needs plain python (every rank would have to agree on the clock); "
+                              "under torchrun use --max-runs")
     flips = [f.replace("-", "_") for f in _csv(opts.flip_list)]
     points = grid(opts, cfg.semantics)
     base = {None: cfg}
@@ -424,7 +464,9 @@ def _sweep(opts: SweepOptions, cfg: C.TrainConfig, configs: dict[Point, C.TrainC
         for pt in skipped:
             status.data.setdefault(pt.tag, {"status": "done"})
     t0 = time.time()
+    deadline = Deadline(opts.deadline_s, t0)
     use_cuda = (cfg.run.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    unstarted: list[Point] = []
     try:
         if world > 1:
             run_in_process(todo, status, rank)
@@ -435,11 +477,11 @@ def _sweep(opts: SweepOptions, cfg: C.TrainConfig, configs: dict[Point, C.TrainC
             nproc = opts.nproc_per_node or 1
             if nproc > len(gpus):
                 raise mrb.ConfigError(f"--nproc-per-node {nproc} but {len(gpus)} GPUs visible")
-            run_subprocesses(todo, status, opts, gpus, nproc)
+            unstarted = run_subprocesses(todo, status, opts, gpus, nproc, deadline)
         elif opts.subprocess:
-            run_subprocesses(todo, status, opts, [], 1)
+            unstarted = run_subprocesses(todo, status, opts, [], 1, deadline)
         else:
-            run_in_process(todo, status)
+            unstarted = run_in_process(todo, status, deadline=deadline)
     except (Stopped, KeyboardInterrupt) as e:
         print(f"sweep: stopped by {e or 'SIGINT'}; rerun the same command to resume", file=sys.stderr, flush=True)
         return 130
@@ -448,9 +490,13 @@ def _sweep(opts: SweepOptions, cfg: C.TrainConfig, configs: dict[Point, C.TrainC
             dist.destroy_process_group()
     if rank != 0:
         return 0
-    failed = status.failed([pt.tag for pt in todo])
-    print(f"sweep: finished in {time.time() - t0:.0f}s; {len(todo) - len(failed)} ok, {len(failed)} failed, "
-          f"{len(skipped)} skipped" + (f"; {len(left)} left: rerun the same command to continue" if left else ""),
+    ran = [pt for pt in todo if pt not in unstarted]
+    failed = status.failed([pt.tag for pt in ran])
+    left = unstarted + left
+    print(f"sweep: finished in {time.time() - t0:.0f}s; {len(ran) - len(failed)} ok, {len(failed)} failed, "
+          f"{len(skipped)} skipped" + (f"; {len(left)} left" + (f" ({len(unstarted)} held back by --deadline-s)"
+                                                                   if unstarted else "")
+                                       + ": rerun the same command to continue" if left else ""),
           flush=True)
     from train.summarize import print_table, summarize
 
