@@ -2,7 +2,7 @@
 
 Three layers, imports pointing one way (checked by tests/test_architecture.py):
 - `routing`: routers, plan, dispatch, metrics, layer, backends (torch | compile | triton kernels);
-- `harness`: workloads, timing, cases, records, roofline, the `moe-bench` commands;
+- `harness`: workloads, timing, cases, records, deadline, roofline, the `moe-bench` commands;
 - `suite`: the result store and exporters, dashboard publishing, the regression gate.
 
 This module is the public API; `benchmarks/` and `train/` use nothing else. Importing it loads
@@ -10,6 +10,7 @@ torch, never triton or matplotlib.
 """
 from .harness.cases import SHAPES, STAGES, Case, bench_stages, main_shape, make_inputs, stage_callables
 from .harness.seed_names import SEED_BACKEND_NAMES, SEED_FLAG_ALIASES
+from .harness.deadline import Deadline
 from .harness.records import append_jsonl, atomic_target, environment, read_jsonl, write_atomic
 from .harness.timing import Timing, copy_bandwidth, matmul_flops, measure, stable_cpu_allocator
 from .routing import expert_parallel, metrics
@@ -29,7 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS", "SEED_BACKEND_NAMES", "SEED_FACTORS", "SEED_FLAG_ALIASES", "SHAPES", "STAGES", "STRATEGIES",
-    "Backend", "Case", "ConfigError", "ExpertParallelGroups", "ExpertParallelMoELayer", "MoEAux", "MoEConfig",
+    "Backend", "Case", "ConfigError", "Deadline", "ExpertParallelGroups", "ExpertParallelMoELayer", "MoEAux", "MoEConfig",
     "MoELayer", "Plan", "Routing", "Timing", "append_jsonl", "atomic_target", "available_backends",
     "backend_unavailable_reason", "balance_loss", "bench_stages", "build_plan", "canonical_strategy", "capacity",
     "check_seed_semantics", "combine", "copy_bandwidth", "environment", "expert_parallel",

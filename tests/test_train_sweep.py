@@ -142,21 +142,6 @@ def test_max_runs_runs_a_sweep_in_waves_seed_major(tmp_path, capsys):
     assert "--max-runs must be at least 1" in capsys.readouterr().err
 
 
-def test_deadline_allows_a_start_only_if_the_longest_run_so_far_would_end_in_time():
-    assert sweep.Deadline(None).allows_start()
-    d = sweep.Deadline(100.0, start=time.time())
-    assert d.allows_start()  # nothing finished yet: the first runs always start
-    d.finished(30.0)
-    d.finished(5.0)
-    assert d.longest == 30.0 and d.allows_start()
-    d.finished(101.0)
-    assert not d.allows_start()
-    late = sweep.Deadline(10.0, start=time.time() - 11)
-    assert late.allows_start()  # past the end, but no run has finished: the first wave starts
-    late.finished(0.0)
-    assert not late.allows_start()
-
-
 @pytest.mark.parametrize("placement", [[], ["--subprocess", "--runs-per-gpu", "2"]], ids=["in-process", "subprocess"])
 def test_deadline_holds_back_runs_that_would_not_end_in_time_and_a_rerun_continues(tmp_path, capsys, placement):
     root = tmp_path / "sw"

@@ -40,6 +40,7 @@ import math
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -50,6 +51,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from moe_routing_bench.harness.deadline import Deadline, last  # noqa: E402
 from moe_routing_bench.harness.records import write_atomic  # noqa: E402
 from moe_routing_bench.suite import store  # noqa: E402
 
@@ -167,10 +169,10 @@ def history(commits: list[str], bundle: Path | None, bench: str, machine: str | 
     limit keeps what it finished, and no commit is started past `deadline_s` (seconds from now)."""
     machine = store.register_machine(machine)["machine"]
     out = Path(tempfile.mkdtemp(prefix="asv-history-"))
-    start = time.time()
+    deadline = Deadline(deadline_s, estimate=statistics.fmean)
     for i, ref in enumerate(commits, 1):
         t0 = time.time()
-        if deadline_s is not None and i > 1 and (t0 - start) / (i - 1) > deadline_s - (t0 - start):
+        if not deadline.allows_start():
             print(f"asv_runs: stopping before {ref}: the next commit would pass the {deadline_s:.0f} s deadline",
                   flush=True)
             break
@@ -183,6 +185,7 @@ def history(commits: list[str], bundle: Path | None, bench: str, machine: str | 
         shutil.rmtree(work, ignore_errors=True)
         if bundle:
             _write_bundle(out, bundle)
+        deadline.finished(time.time() - t0)
         print(f"asv_runs: [{i}/{len(commits)}] {commit[:8]} done in {time.time() - t0:.0f} s", flush=True)
     if bundle:
         print(f"asv_runs: new results in {bundle} (tar xf it, then: python -m moe_routing_bench.suite.store "
@@ -227,13 +230,14 @@ def noise(runs: int, bench: str, machine: str | None, quick: bool, deadline_s: f
         for key, b in old["benchmarks"].items():
             for combo, c in b["combos"].items():
                 values[(key, tuple(combo.split(", ")))] = list(c["values"])
-    t0 = last = time.time()
+    t0 = time.time()
+    # two runs at least (a spread needs two); then the last run is the guide (the first one compiles)
+    deadline = Deadline(deadline_s, t0, estimate=last, always=2)
     for i in range(runs):
-        elapsed, took = time.time() - t0, time.time() - last  # the last run is the guide (the first compiles)
-        if deadline_s is not None and i >= 2 and took > deadline_s - elapsed:
+        if not deadline.allows_start():
             print(f"asv_runs: stopping after {i} noise runs: another would pass the {deadline_s:.0f} s deadline")
             break
-        last = time.time()
+        started = time.time()
         raw = work / f"run{i}"
         run_asv(tree, raw, machine, bench, quick)
         for f in raw.glob("*/*.json"):
@@ -255,6 +259,7 @@ def noise(runs: int, bench: str, machine: str | None, quick: bool, deadline_s: f
                                   wall_s=round(time.time() - t0))
             write_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
             update_conf_thresholds()
+        deadline.finished(time.time() - started)
     if not path.exists():
         raise SystemExit("asv_runs: fewer than two noise runs; nothing written")
     print(f"asv_runs: wrote {path} and asv.conf.json's thresholds")

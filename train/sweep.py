@@ -219,24 +219,8 @@ class Status:
 
 # ----------------------------------------------------------------------------- modes
 
-class Deadline:
-    """When to stop starting runs: a run may start while now + the longest finished run so far ends
-    before `start + seconds` (no limit when seconds is None; before any run has finished, every run
-    that has a free slot starts)."""
-
-    def __init__(self, seconds: float | None, start: float | None = None):
-        self.end = None if seconds is None else (time.time() if start is None else start) + seconds
-        self.longest: float | None = None
-
-    def finished(self, seconds: float) -> None:
-        self.longest = seconds if self.longest is None else max(self.longest, seconds)
-
-    def allows_start(self) -> bool:
-        return self.end is None or self.longest is None or time.time() + self.longest <= self.end
-
-
 def run_in_process(configs: dict[Point, C.TrainConfig], status: Status, rank: int = 0,
-                   deadline: Deadline | None = None) -> list[Point]:
+                   deadline: mrb.Deadline | None = None) -> list[Point]:
     """Each grid point trained by loop.train in this process (CPU, or one DDP job under torchrun).
     Returns the points the deadline left unstarted."""
     import torch
@@ -244,7 +228,7 @@ def run_in_process(configs: dict[Point, C.TrainConfig], status: Status, rank: in
     from train import loop
     from train.train import fatal_message
 
-    deadline = deadline or Deadline(None)
+    deadline = deadline or mrb.Deadline(None)
     n = len(configs)
     for i, (pt, cfg) in enumerate(configs.items(), 1):
         if not deadline.allows_start():
@@ -298,10 +282,10 @@ def end_children(running: dict) -> None:
 
 
 def run_subprocesses(configs: dict[Point, C.TrainConfig], status: Status, opts: SweepOptions,
-                     gpus: list[str], nproc: int, deadline: Deadline | None = None) -> list[Point]:
+                     gpus: list[str], nproc: int, deadline: mrb.Deadline | None = None) -> list[Point]:
     """Subprocess per grid point; GPUs split into groups of nproc, runs_per_gpu runs per group.
     Returns the points the deadline left unstarted."""
-    deadline = deadline or Deadline(None)
+    deadline = deadline or mrb.Deadline(None)
     groups = [gpus[i:i + nproc] for i in range(0, len(gpus) - nproc + 1, nproc)] if gpus else [[]]
     slots = [g for g in groups for _ in range(max(1, opts.runs_per_gpu))]
     free = list(range(len(slots)))
@@ -464,7 +448,7 @@ def _sweep(opts: SweepOptions, cfg: C.TrainConfig, configs: dict[Point, C.TrainC
         for pt in skipped:
             status.data.setdefault(pt.tag, {"status": "done"})
     t0 = time.time()
-    deadline = Deadline(opts.deadline_s, t0)
+    deadline = mrb.Deadline(opts.deadline_s, t0)  # runs side by side: judged by the longest
     use_cuda = (cfg.run.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     unstarted: list[Point] = []
     try:
