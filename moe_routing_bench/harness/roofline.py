@@ -75,7 +75,8 @@ def run_roofline(
         stream_inputs = make_inputs(stream_case) if streamed else None
         for name in runnable:
             recs = bench_stages(case, name, stages=tuple(stages), inputs=inputs, **timed)
-            refs = {r["name"]: r for r in bench_stages(stream_case, name, stages=streamed, inputs=stream_inputs, **timed)}
+            refs = {r["name"]: r for r in (bench_stages(stream_case, name, stages=streamed, inputs=stream_inputs, **timed)
+                                           if streamed else [])}
             for rec in recs:
                 ref = refs.get(rec["name"])
                 if ref is not None:
