@@ -114,6 +114,21 @@ def test_seed_vs_ours_plot_written(summary, tmp_path):
         plot_semantics.parse_selection("semantics")
 
 
+def test_one_seed_has_no_spread(tmp_path, capsys):
+    """A configuration with one seed gets no std (not 0: nothing says it would not vary) and no error bar."""
+    _write_run(tmp_path / "runs" / "softk_S1", "softk", (), None, 2, 1, 1.0)
+    _write_run(tmp_path / "runs" / "softk_seed_S1", "softk", ("all",), "seed", 2, 1, 1.4)
+    out = tmp_path / "one.csv"
+    assert summarize.main(["--runs", str(tmp_path / "runs" / "*"), "--out", str(out), "--markdown",
+                           str(tmp_path / "one.md")]) == 0
+    assert _means(out)[("softk", "ours")]["final_val_loss_std"] == ""
+    assert "| 1 | 2.718 ± - |" in (tmp_path / "one.md").read_text()
+    capsys.readouterr()
+    assert plot_semantics.main(["--summary", str(out), "--out", str(tmp_path / "one.png"), "--metric",
+                                "final_val_loss"]) == 0
+    assert "a 1.4000 (1 seed)  b 1.0000 (1 seed)" in capsys.readouterr().out
+
+
 def test_export_labels_keep_experiments_apart(summary, tmp_path):
     rows = [r for r in csv.DictReader(open(summary))]
     labels = {(x["router"].split(" [")[0], x["semantics"]): x["router"] for x in summarize.export_rows(rows)}

@@ -4,6 +4,8 @@
 #   bash train/gpu_session.sh sweep      # 2 GPUs: 1-vs-2-GPU scaling (c), routing sweep (b), exclusive benches
 #   bash train/gpu_session.sh graphs     # 1 GPU: every router, compiled default vs CUDA graphs (reduce-overhead),
 #                                        # timed alone; a CUDA-graph training run with eval, checkpoint, resume
+#   bash train/gpu_session.sh grids      # 1 GPU: issue 14's grids (train/README.md), resumable across
+#                                        # time-limited calls; GRIDS, RPG, DEADLINE, ROOT, MPS=1 (see the mode)
 # Needs data/tinystories_val.txt (copy of the TinyStories validation split) and writes under $OUT.
 set -u
 MODE=${1:-validate}
@@ -12,7 +14,7 @@ export PYTHONPATH=. PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE
 PY=${PY:-python3}
 W=/tmp/w
 mkdir -p "$W" "$OUT"
-DATA=data/tinystories_val.txt
+DATA=${DATA:-data/tinystories_val.txt}
 # the model of the targets: E=8, k=2, dim 256, 4 layers, 4 heads, seq 256, batch 64 per GPU (16,384 tokens)
 M="--device cuda --data $DATA --dim 256 --layers 4 --heads 4 --seq-len 256 --num-experts 8 --top-k 2 --dtype bf16"
 ROUTERS=top1,topk-hard,softk,hash,expert-choice,aux-free
@@ -158,4 +160,38 @@ if [ "$MODE" = graphs ]; then
   tail -n 6 $W/graphs_run.log
   tar czf $OUT/graphs_logs.tar.gz -C $W --exclude='*.pt' $(cd $W; ls g_*.log) graphs_run.log graphs_run
   stamp "graphs mode done"
+fi
+
+if [ "$MODE" = grids ]; then
+  # issue 14's grids, in order, under one time limit: no run starts that would end after DEADLINE s
+  # (counted from here), and the finished run folders (no checkpoints) come back as $OUT/grids.tar.gz,
+  # to be unpacked into ROOT before the next call, whose sweeps then skip them.
+  ROOT=${ROOT:-results/train/h200/issue14/runs}
+  GRIDS=${GRIDS:-ours_b,seed_a_flips,ours_b_long}
+  RPG=${RPG:-8}
+  DEADLINE=${DEADLINE:-540}
+  if [ "${MPS:-0}" = 1 ]; then  # CUDA MPS: the runs' kernels share the GPU instead of taking turns in time slices
+    export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
+    mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
+    nvidia-cuda-mps-control -d && stamp "MPS daemon started"
+  fi
+  G="--data $DATA --compile --runs-per-gpu $RPG"
+  for grid in ${GRIDS//,/ }; do
+    left=$(( DEADLINE - $(date +%s) + t0 ))
+    [ $left -gt 60 ] || break
+    case $grid in
+      seed_a) A="--preset seed --outdir-root $ROOT/seed_a" ;;
+      seed_a_flips) A="--preset seed --outdir-root $ROOT/seed_a --flip-list top1_gate,topk_hard_weights,hash_key,balance_loss,recipe" ;;
+      ours_b) A="--preset seed-budget --outdir-root $ROOT/ours_b" ;;
+      ours_b_long) A="--preset seed-budget --max-steps 4800 --router-list softk,top1,aux-free,expert-choice --outdir-root $ROOT/ours_b_long" ;;
+      *) echo "unknown grid $grid"; exit 2 ;;
+    esac
+    $PY train/sweep.py $A $G --deadline-s $left > $OUT/$grid.log 2>&1
+    stamp "$grid rc=$?"; grep -E "^sweep:" $OUT/$grid.log
+  done
+  [ "${MPS:-0}" = 1 ] && echo quit | nvidia-cuda-mps-control
+  # finished runs only: a run cut off half-way would come back without the checkpoint it resumes from
+  (cd $ROOT && grep -l '"done": true' */*/train_log.jsonl | xargs -r -n1 dirname > /tmp/finished.txt)
+  tar czf $OUT/grids.tar.gz --exclude='ckpt*' --exclude=.lock -C $ROOT -T /tmp/finished.txt
+  stamp "grids mode done"
 fi

@@ -74,9 +74,9 @@ def plot(summary: str, a: dict, b: dict, out: str, metric: str = "final_val_ppl"
     label_b = label_b or ",".join(f"{k}={v}" for k, v in b.items()) or "b"
     cfs = sorted({cf for cf, _ in keys}, key=lambda c: (cell_float(c) is None, cell_float(c) or 0.0))
 
-    def error(values):
+    def error(values):  # one seed has no spread: no bar
         if len(values) < 2:
-            return 0.0
+            return None
         return ci95_halfwidth(values) if err == "ci95" else statistics.stdev(values)
 
     fig, axes = plt.subplots(1, len(cfs), figsize=(max(7.0, 1.3 * len({r for _, r in keys}) * len(cfs)), 4.8),
@@ -124,6 +124,11 @@ def plot(summary: str, a: dict, b: dict, out: str, metric: str = "final_val_ppl"
     return table
 
 
+def _spread(row: dict, tag: str) -> str:
+    mean, err, n = row[f"mean_{tag}"], row[f"err_{tag}"], row[f"n_{tag}"]
+    return f"{mean:.4f}±{err:.4f}" if err is not None else f"{mean:.4f} ({n} seed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="(a) vs (b) per router with error bars, from a summary CSV")
     p.add_argument("--summary", required=True, help="CSV from train/summarize.py (its run rows are used)")
@@ -146,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.out}: {len(table)} routers x cf, {len(both)} with both sweeps")
     for r in both:
         p_txt = "-" if r.get("welch_p") is None else f"{r['welch_p']:.3g}"
-        print(f"  cf {r['capacity_factor']:>5} {r['router']:<14} a {r['mean_a']:.4f}±{r['err_a']:.4f}  "
-              f"b {r['mean_b']:.4f}±{r['err_b']:.4f}  Welch p {p_txt}")
+        print(f"  cf {r['capacity_factor']:>5} {r['router']:<14} a {_spread(r, 'a')}  b {_spread(r, 'b')}  "
+              f"Welch p {p_txt}")
     return 0
 
 

@@ -205,7 +205,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
         for m in METRICS:
             vals = [x[m] for x in members if x.get(m) is not None]
             agg[m] = sum(vals) / len(vals) if vals else None
-            agg[m + "_std"] = statistics.stdev(vals) if len(vals) > 1 else (0.0 if vals else None)
+            agg[m + "_std"] = statistics.stdev(vals) if len(vals) > 1 else None  # one seed: no spread
             if m in QUALITY:
                 agg[m + "_ci95"] = ci95_halfwidth(vals)
         agg["_values"] = {m: [x[m] for x in members if x.get(m) is not None] for m in QUALITY}
