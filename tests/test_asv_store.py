@@ -28,6 +28,7 @@ SUMMARY_ROWS = [
     ["run", "Rsoftk_E8_K2_CF1.25_S17", 17, "softk", 8, 2, 1.25, 64, "x86_64", 30.0, "", 29.0, 50000, 0.05, 0.30, True],
     ["run", "Rsoftk_E8_K2_CF1.25_S18", 18, "softk", 8, 2, 1.25, 64, "x86_64", 32.0, "", 31.0, 52000, 0.07, 0.34, True],
     ["run", "Rtop1_E8_K1_CFnone_S17", 17, "top1", 8, 1, "", 64, "x86_64", 40.0, "", 39.0, 60000, 0.0, 0.5, True],
+    ["run", "Rsoftk_E8_K4_CF1.25_S17", 17, "softk", 8, 4, 1.25, 64, "x86_64", 28.0, "", 27.0, 40000, 0.04, 0.3, True],
     ["mean", "mean:Rsoftk_E8_K2_CF1.25", "", "softk", 8, 2, 1.25, 64, "x86_64", 31.0, 1.41, 30.0, 51000, 0.06, 0.32,
      True],
     ["mean", "mean:Rtop1_E8_K1_CFnone", "", "top1", 8, 1, "", 64, "x86_64", 40.0, 0.0, 39.0, 60000, 0.0, 0.5, True],
@@ -47,6 +48,13 @@ def result_values(path: Path, key: str) -> dict[tuple, float]:
     return dict(zip(itertools.product(*row[1]), row[0]))
 
 
+def test_training_router_label_names_an_unusual_k():
+    label = asv_store.training_router_label
+    assert [label("top1", "1"), label("softk", "2"), label("hash", 2), label("softk", "")] == ["top1", "softk", "hash", "softk"]
+    assert label("top1", "2") == "top1 k=2" and label("softk [seed, recipe seed]", "4") == "softk [seed, recipe seed] k=4"
+    assert label("top1 [seed, recipe seed]", "1") == "top1 [seed, recipe seed]"
+
+
 def test_training_summary_export(tmp_path):
     store = tmp_path / "asv"
     path = asv_store.export_training_summary(write_summary(tmp_path / "s.csv"), store, MACHINE, commit=HEAD)
@@ -54,9 +62,12 @@ def test_training_summary_export(tmp_path):
     data = json.loads(path.read_text())
     assert data["commit_hash"] == HEAD and data["params"]["machine"] == MACHINE and data["version"] == 2
     ppl = result_values(path, "exported.Training.track_final_val_ppl")
-    assert ppl[("'softk'", "8", "2", "1.25")] == 31.0  # mean of the two seeds, run rows only
-    assert ppl[("'top1'", "8", "1", "None")] == 40.0  # empty capacity factor = dropless = None
-    assert ppl[("'softk'", "8", "1", "None")] is None  # absent combination of the grid
+    assert ppl[("'softk'", "8", "1.25")] == 31.0  # mean of the two seeds, run rows only
+    # top1 (k=1) and softk (k=2) share one parameter combination, so asv's first view draws both;
+    # a router at another k is named with it
+    assert ppl[("'top1'", "8", "None")] == 40.0  # empty capacity factor = dropless = None
+    assert ppl[("'softk k=4'", "8", "1.25")] == 28.0
+    assert ppl[("'softk'", "8", "None")] is None  # absent combination of the grid
     keys = set(data["results"])
     assert {"exported.Training.track_best_val_ppl", "exported.Training.track_median_tokens_per_s",
             "exported.Training.track_mean_drop_rate", "exported.Training.track_mean_load_cv"} <= keys
@@ -64,7 +75,7 @@ def test_training_summary_export(tmp_path):
     registry = json.loads((store / "benchmarks.json").read_text())
     entry = registry["exported.Training.track_final_val_ppl"]
     assert entry["version"] == asv_store.EXPORT_VERSION and entry["unit"] == "ppl" and entry["type"] == "track"
-    assert entry["param_names"] == ["router", "num_experts", "top_k", "capacity_factor"]
+    assert entry["param_names"] == ["router", "num_experts", "capacity_factor"]
     assert registry["exported.Training.track_median_tokens_per_s"]["unit"] == "tokens/s"
     machine = json.loads((store / MACHINE / "machine.json").read_text())
     assert machine["machine"] == MACHINE and "gpu" in machine and "cuda" in machine
@@ -72,7 +83,7 @@ def test_training_summary_export(tmp_path):
     from asv.results import Results  # asv itself reads what the store wrote
 
     loaded = Results.load(str(path))
-    assert loaded.get_result_value("exported.Training.track_final_val_ppl", entry["params"]).count(None) < 48
+    assert loaded.get_result_value("exported.Training.track_final_val_ppl", entry["params"]).count(None) == 3  # of 3 x 1 x 2
 
 
 def test_export_merges_with_the_same_commit_and_env(tmp_path):
@@ -241,7 +252,7 @@ def test_dashboard_renders_offline_with_kernel_and_training_graphs(tmp_path):
         # asv's default view (first value of each parameter) may pick a combination with no data
         views = ((kernel, f"machine={runs[-1].parent.name}"),
                  ("exported.Training.track_final_val_ppl",
-                  "machine=cpu-fixture&p-num_experts=8&p-top_k=1&p-top_k=2&p-capacity_factor=1.25&p-capacity_factor=None"))
+                  "machine=cpu-fixture&p-num_experts=8&p-capacity_factor=1.25&p-capacity_factor=None"))
         for page, query in views:
             dom = browser.dump_dom(f"{url}index.html#{page}?{query}", wait_ms=10000)
             assert 'id="main-graph"' in dom and 'class="flot-base"' in dom, f"no graph drawn for {page}"

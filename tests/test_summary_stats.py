@@ -141,6 +141,12 @@ def test_export_labels_keep_experiments_apart(summary, tmp_path):
     text = path.read_text()
     assert "softk [seed, recipe seed]" in text and "exported.Training.track_final_val_loss_ci95" in text
     assert store is not None and not list(tmp_path.glob("*.tmp.csv"))
+    # a one-off study goes into a group of its own, never into the documented sweep's history
+    study = json.loads(summarize.export(summary, summarize.summarize([str(tmp_path / "runs" / "*")], summary),
+                                        tmp_path / "asv", "test-machine", group="RouterStudy").read_text())
+    assert "exported.RouterStudy.track_final_val_loss" in study["results"]
+    assert summarize.main(["--runs", str(tmp_path / "runs" / "*"), "--out", str(summary), "--export-asv",
+                           "--results-dir", str(tmp_path / "asv"), "--export-group", "Router Study"]) == 2
 
 
 def test_frontier_select_and_per_layer_curves(summary, tmp_path):

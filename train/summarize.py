@@ -393,7 +393,8 @@ def export_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
-def export(out: str | Path, rows: list[dict], results_dir: Path, machine: str | None, commit: str | None = None) -> Path:
+def export(out: str | Path, rows: list[dict], results_dir: Path, machine: str | None, commit: str | None = None,
+           group: str = "Training") -> Path:
     """`suite.store.export_training_summary` of `export_rows` (a temporary CSV beside `out`)."""
     from moe_routing_bench.suite.store import export_training_summary
 
@@ -401,7 +402,7 @@ def export(out: str | Path, rows: list[dict], results_dir: Path, machine: str | 
     try:
         _write_csv(tmp, COLUMNS, export_rows(rows))
         kw = {"commit": commit} if commit else {}
-        return export_training_summary(tmp, results_dir, machine=machine, **kw)
+        return export_training_summary(tmp, results_dir, machine=machine, group=group, **kw)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -498,6 +499,10 @@ def main(argv: list[str] | None = None) -> int:
                    "(moe_routing_bench.suite.store.export_training_summary)")
     p.add_argument("--results-dir", default="results/asv", help="asv results folder for --export-asv")
     p.add_argument("--machine", default=None, help="asv machine name for --export-asv")
+    p.add_argument("--export-group", default="Training", help="benchmark group for --export-asv: "
+                   "exported.<group>.track_*; Training is the documented sweep's history, a one-off study "
+                   "takes its own name")
+    p.add_argument("--commit", default=None, help="commit the runs trained at, for --export-asv (default HEAD)")
     p.add_argument("--compare", default="final_val_loss", choices=QUALITY,
                    help="column the routers are compared on (Welch's t-test over seeds)")
     p.add_argument("--level", type=float, default=0.05, help="significance level of the two-sided Welch test")
@@ -528,7 +533,11 @@ def main(argv: list[str] | None = None) -> int:
             print("--export-asv: moe_routing_bench.suite.store is unavailable in this version; nothing exported",
                   file=sys.stderr)
             return 0
-        path = export(args.out, rows, Path(args.results_dir), args.machine)
+        try:
+            path = export(args.out, rows, Path(args.results_dir), args.machine, args.commit, args.export_group)
+        except ValueError as e:
+            print(f"summarize.py: error: {e}", file=sys.stderr)
+            return 2
         print(f"exported to {path}")
     return 0
 

@@ -59,11 +59,15 @@ TMP_PREFIX = ".tmp-"  # asv writes here first; renamed into place (a killed writ
 # Parameter values listed first (see _natural): the main GPU shape and the documented training set-up
 FIRST_VALUES = ("'T16384-H4096-E128-k2-bfloat16'", "'softk'", "8", "2", "1.25")
 
-TRAINING_PARAMS = ("router", "num_experts", "top_k", "capacity_factor")
+# The routers' top-k is part of the router label, not a parameter of its own: asv's first view draws
+# at most 8 lines, one value of every parameter after the router, so top1 (k=1) would never appear
+# beside the k=2 routers. A router at its usual k keeps its plain name (and its history).
+TRAINING_PARAMS = ("router", "num_experts", "capacity_factor")
+USUAL_TOP_K = {"top1": 1}  # every other router: 2, the documented sweeps' k
 # Numeric summary columns that describe the configuration or the run rather than measure it
 # (train/summarize.py's key columns and bookkeeping); `*_std` columns are dropped too.
 TRAINING_CONFIG_COLUMNS = {
-    *TRAINING_PARAMS, "seed", "seeds", "n_seeds", "dim", "layers", "heads", "expand", "ffn_mult", "seq_len",
+    *TRAINING_PARAMS, "top_k", "seed", "seeds", "n_seeds", "dim", "layers", "heads", "expand", "ffn_mult", "seq_len",
     "batch_size", "batch_per_gpu", "world_size", "max_steps", "steps", "best_step", "eval_interval",
     "vocab_size", "flops_per_token", "params_active", "params_total", "done", "causal_safe", "gpu_shared_by_runs",
 }
@@ -364,8 +368,16 @@ def _run_rows(rows: list[dict]) -> list[dict]:
     return runs or [r for r in rows if any(str(v).strip().lower() == "mean" for v in r.values())]
 
 
-def training_series(summary_csv: Path) -> list[Series]:
-    """One series per numeric metric column, params router x num_experts x top_k x capacity_factor.
+def training_router_label(router: str, top_k) -> str:
+    """'softk' at k=2, 'top1' at k=1; 'softk k=4' (or 'softk [seed] k=4') otherwise."""
+    name = router.split(" [")[0].strip()
+    k = _param_value(str(top_k))
+    return router if k in (None, USUAL_TOP_K.get(name, 2)) else f"{router} k={k}"
+
+
+def training_series(summary_csv: Path, group: str = "Training") -> list[Series]:
+    """One series per numeric metric column, `exported.<group>.track_<column>`, params router (with
+    its top-k where not the usual one: `training_router_label`) x num_experts x capacity_factor.
 
     Values are the mean over the runs (seeds) of each configuration. Configuration columns
     (dim, layers, ...) other than the four parameters should not vary within a configuration:
@@ -375,10 +387,12 @@ def training_series(summary_csv: Path) -> list[Series]:
         rows = list(csv.DictReader(f))
     if not rows:
         raise ValueError(f"{summary_csv} has no rows")
-    missing = [c for c in TRAINING_PARAMS if c not in rows[0]]
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", group):
+        raise ValueError(f"export group {group!r}: letters, digits and _ only, a letter first")
+    missing = [c for c in (*TRAINING_PARAMS, "top_k") if c not in rows[0]]
     if missing:
         raise ValueError(f"{summary_csv} lacks the column(s) {', '.join(missing)}")
-    runs = _run_rows(rows)
+    runs = [{**r, "router": training_router_label(r["router"], r["top_k"])} for r in _run_rows(rows)]
     metrics = [c for c in rows[0] if c not in TRAINING_CONFIG_COLUMNS and not c.endswith("_std")
                and any(_number(r.get(c)) is not None for r in runs)]
     groups: dict[tuple, list[dict]] = {}
@@ -392,7 +406,7 @@ def training_series(summary_csv: Path) -> list[Series]:
                   f"{', '.join(varying)}; the exported value averages them", file=sys.stderr)
     series = []
     for metric in metrics:
-        s = Series(f"exported.Training.track_{slug(metric).replace('-', '_')}", TRAINING_PARAMS, unit_of(metric),
+        s = Series(f"exported.{group}.track_{slug(metric).replace('-', '_')}", TRAINING_PARAMS, unit_of(metric),
                    f"training summary column {metric!r}: mean over the runs (seeds) of a configuration")
         for params, members in groups.items():
             values = [v for v in (_number(r.get(metric)) for r in members) if v is not None]
@@ -465,17 +479,19 @@ def _gpu_keys(device_name: str | None, **extra) -> dict[str, str]:
 
 
 def export_training_summary(summary_csv: Path, results_dir: Path = DEFAULT_RESULTS_DIR, machine: str | None = None,
-                            *, commit: str | None = None) -> Path:
+                            *, commit: str | None = None, group: str = "Training") -> Path:
     """Export a training summary CSV (a row per run plus mean/std rows) into the store; returns the file.
 
-    Every numeric column that is not configuration becomes `exported.Training.track_<column>` over
-    router x num_experts x top_k x capacity_factor. The commit is HEAD unless given; the machine is
-    this machine (named after its GPU) unless given.
+    Every numeric column that is not configuration becomes `exported.<group>.track_<column>` over
+    router (with its top-k where not the usual one) x num_experts x capacity_factor. `Training` is the
+    documented sweep's history; a one-off study takes a group of its own, so that its numbers never
+    join that history. The commit is HEAD unless given; the machine is this machine (named after its
+    GPU) unless given.
     """
     commit_hash, date_ms = resolve_commit(commit)
     gpu = training_gpu(Path(summary_csv))
     machine = default_machine_name(gpu) if machine is None else machine
-    return write_series(training_series(Path(summary_csv)), Path(results_dir), machine, commit_hash, date_ms,
+    return write_series(training_series(Path(summary_csv), group), Path(results_dir), machine, commit_hash, date_ms,
                         "training", machine_keys=_gpu_keys(gpu))
 
 
