@@ -5,7 +5,7 @@
 #   bash train/gpu_session.sh graphs     # 1 GPU: every router, compiled default vs CUDA graphs (reduce-overhead),
 #                                        # timed alone; a CUDA-graph training run with eval, checkpoint, resume
 #   bash train/gpu_session.sh grids      # 1 GPU: issue 14's grids (train/README.md), resumable across
-#                                        # time-limited calls; GRIDS, RPG, DEADLINE, ROOT, MPS=1 (see the mode)
+#                                        # time-limited calls; GRIDS, RPG, DEADLINE, ROOT, EXTRA, MPS=1 (see the mode)
 # Needs data/tinystories_val.txt (copy of the TinyStories validation split) and writes under $OUT.
 set -u
 MODE=${1:-validate}
@@ -171,11 +171,15 @@ if [ "$MODE" = grids ]; then
   RPG=${RPG:-8}
   DEADLINE=${DEADLINE:-540}
   if [ "${MPS:-0}" = 1 ]; then  # CUDA MPS: the runs' kernels share the GPU instead of taking turns in time slices
-    export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
-    mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
-    nvidia-cuda-mps-control -d && stamp "MPS daemon started"
+    mkdir -p /tmp/mps /tmp/mps_log
+    if CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log nvidia-cuda-mps-control -d; then
+      export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
+      stamp "MPS daemon started"
+    else
+      MPS=0; stamp "MPS daemon did not start: the runs take turns on the GPU"
+    fi
   fi
-  G="--data $DATA --compile --runs-per-gpu $RPG"
+  G="--data $DATA --compile --runs-per-gpu $RPG ${EXTRA:-}"  # EXTRA: more sweep flags, e.g. --compile-mode
   for grid in ${GRIDS//,/ }; do
     left=$(( DEADLINE - $(date +%s) + t0 ))
     [ $left -gt 60 ] || break
