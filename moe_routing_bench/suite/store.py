@@ -380,7 +380,7 @@ def training_series(summary_csv: Path, group: str = "Training") -> list[Series]:
     its top-k where not the usual one: `training_router_label`) x num_experts x capacity_factor.
 
     Values are the mean over the runs (seeds) of each configuration. Configuration columns
-    (dim, layers, ...) other than the four parameters should not vary within a configuration:
+    (dim, layers, ...) other than the parameters and top_k should not vary within a configuration:
     a warning says so when they do (the runs are averaged all the same).
     """
     with open(summary_csv, newline="") as f:
