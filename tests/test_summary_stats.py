@@ -141,6 +141,10 @@ def test_export_labels_keep_experiments_apart(summary, tmp_path):
     text = path.read_text()
     assert "softk [seed, recipe seed]" in text and "exported.Training.track_final_val_loss_ci95" in text
     assert store is not None and not list(tmp_path.glob("*.tmp.csv"))
+    # throughput of runs that shared a GPU stays in the CSV (with gpu_shared_by_runs) but not in the store
+    shared = [{**r, "gpu_shared_by_runs": "8"} for r in rows]
+    assert all(x["median_tokens_per_s"] in (None, "") for x in summarize.export_rows(shared) if x["row_type"] == "run")
+    assert all(x["median_tokens_per_s"] for x in summarize.export_rows(rows) if x["row_type"] == "run")
     # a one-off study goes into a group of its own, never into the documented sweep's history
     study = json.loads(summarize.export(summary, summarize.summarize([str(tmp_path / "runs" / "*")], summary),
                                         tmp_path / "asv", "test-machine", group="RouterStudy").read_text())

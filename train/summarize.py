@@ -5,12 +5,14 @@
 
 Rows have ``row_type`` = ``run`` or ``mean``. A ``mean`` row averages the runs of one configuration
 (everything but the seed equal); for each metric column ``X`` it has ``X`` = mean and ``X_std`` =
-sample standard deviation over seeds (0 for one seed); ``seeds`` lists the seeds, ``n_seeds`` their
+sample standard deviation over seeds (empty for one seed); ``seeds`` lists the seeds, ``n_seeds`` their
 number. ``final_*`` is the last evaluation, ``best_*`` the evaluation with the lowest val loss,
 ``median_*`` the median over the log records (throughput), ``mean_*`` the mean over the log records
 (routing statistics). Runs that shared a GPU (``gpu_shared_by_runs`` > 1, sweeps with
 ``--runs-per-gpu``) have tokens/s of a shared device: ``--bench`` adds ``bench_tokens_per_s``, the
-throughput of the same configuration timed alone (``train/bench_throughput.py``). ``causal_safe`` is false for expert-choice: its numbers are not those of a
+throughput of the same configuration timed alone (``train/bench_throughput.py``); ``--export-asv``
+leaves a shared run's throughput columns (``SHARED_GPU_COLUMNS``) out of the store, where nothing
+would say the GPU was shared. ``causal_safe`` is false for expert-choice: its numbers are not those of a
 causal LM (it routes with the whole batch, the future included).
 
 Semantics: ``semantics`` names what the routers computed: ``ours`` (the default), ``seed`` (every
@@ -65,6 +67,10 @@ METRICS = [
     "median_bw_GiBps", "median_bw_GiBps_all_layers", *RECORD_MEANS, "train_time_s", "elapsed_s",
 ]
 QUALITY = ["final_val_ppl", "final_val_loss", "best_val_ppl", "best_val_loss"]
+# what a run measured of its device: a property of the router only when the run had the GPU alone
+SHARED_GPU_COLUMNS = ["best_tokens_per_s", "best_eff_tflops", "median_tokens_per_s", "median_tokens_per_s_per_rank",
+                      "median_tflops", "median_eff_tflops", "median_bw_GiBps", "median_bw_GiBps_all_layers",
+                      "train_time_s", "elapsed_s"]
 COLUMNS = (["row_type", "run", "seed", "seeds", "n_seeds"] + KEY_COLUMNS
            + ["seed_semantics", "causal_safe", "done", "steps", "best_step", "best_tokens_per_s", "best_eff_tflops",
               "flops_per_token", "params_active", "params_total", "moe_layers", "bytes_per_token_strict",
@@ -369,12 +375,14 @@ def export_rows(rows: list[dict]) -> list[dict]:
     where runs of one such group differ in another key (semantics, recipe, steps, ...), the router
     label names it, e.g. ``softk [seed, max_steps=1200]`` (``ours`` is not named: our default runs
     keep the plain router name, and their history), so no two experiments are averaged. Run rows
-    get their configuration's ``rank`` and ``*_ci95`` (exported as such)."""
+    get their configuration's ``rank`` and ``*_ci95`` (exported as such); those of runs that shared
+    their GPU lose the ``SHARED_GPU_COLUMNS``."""
     store_keys = ("router", "num_experts", "top_k", "capacity_factor")
     # the store reads the run rows: give them their configuration's interval and rank
     config = {tuple(str(r.get(k)) for k in KEY_COLUMNS): r for r in rows if r.get("row_type") == "mean"}
     per_config = ["rank"] + [m + "_ci95" for m in QUALITY]
-    rows = [{**r, **{c: config.get(tuple(str(r.get(k)) for k in KEY_COLUMNS), {}).get(c) for c in per_config}}
+    rows = [{**r, **{c: config.get(tuple(str(r.get(k)) for k in KEY_COLUMNS), {}).get(c) for c in per_config},
+             **({c: None for c in SHARED_GPU_COLUMNS} if float(r.get("gpu_shared_by_runs") or 1) > 1 else {})}
             if r.get("row_type") == "run" else r for r in rows]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:

@@ -70,6 +70,7 @@ TRAINING_CONFIG_COLUMNS = {
     *TRAINING_PARAMS, "top_k", "seed", "seeds", "n_seeds", "dim", "layers", "heads", "expand", "ffn_mult", "seq_len",
     "batch_size", "batch_per_gpu", "world_size", "max_steps", "steps", "best_step", "eval_interval",
     "vocab_size", "flops_per_token", "params_active", "params_total", "done", "causal_safe", "gpu_shared_by_runs",
+    "moe_layers", "bytes_per_token_strict",
 }
 UNITS = [  # (pattern on the metric name, unit); first match wins
     (r"balance_loss|z_loss|load_cv", "value"), (r"ppl", "ppl"), (r"tokens_per_s", "tokens/s"), (r"tflops", "TFLOP/s"), (r"gibps", "GiB/s"),
