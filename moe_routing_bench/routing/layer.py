@@ -1,7 +1,7 @@
 """The MoE layer: router -> plan -> pack -> expert MLPs (grouped GEMM) -> combine.
 
 Shape legend: T tokens, H hidden (model dim), F expert hidden (ffn dim), E experts, K top-k,
-C capacity, R packed rows. The router is float32 whatever the activation dtype. Experts are GELU
+C capacity, R packed rows. The router is float32 whatever the activation dtype (`router_matmul`). Experts are GELU
 MLPs `gelu(x W1_e) W2_e` over the packed rows: torch's grouped GEMM on the ragged layout when torch
 has it; otherwise a batched matmul over the padded [E, C, H] layout when there is a capacity, else a
 loop over experts (which synchronises the host: a fallback, not a fast path).
@@ -18,6 +18,7 @@ from torch import nn
 from . import routers
 from .backends import get_backend
 from .plan import Plan
+from .router_matmul import router_logits
 from .validation import ConfigError
 
 
@@ -165,8 +166,7 @@ class MoELayer(nn.Module):
     def route(self, x_TH: torch.Tensor, token_ids_T: torch.Tensor | None = None) -> tuple[torch.Tensor, routers.Routing]:
         """Router logits [T, E] (float32) and the Routing; call outside autocast."""
         router_in = routers.jitter(x_TH, self.config.jitter_eps) if self.training else x_TH
-        bias = None if self.router.bias is None else self.router.bias.float()
-        logits_TE = F.linear(router_in.float(), self.router.weight.float(), bias)
+        logits_TE = router_logits(router_in, self.router.weight, self.router.bias)
         routing = self.backend.route(
             logits_TE, self.strategy, self.top_k, temperature=self.config.temperature, token_ids_T=token_ids_T,
             bias_E=self.bias_E, capacity_factor=self.config.capacity_factor,
