@@ -6,7 +6,7 @@ The router is float32 (Switch's selective precision). Computed as ``F.linear(x.f
 bf16 activation is first copied to float32 (T x H x 4 bytes) and the products run on the GPU's
 float32 SIMT units: at T=8192 H=7168 E=256 the three router GEMMs (forward, both gradients) took
 2.2 ms of a 40 ms layer on an H200. For a bf16 ``x_TH`` on CUDA, ``router_logits`` instead splits the
-float32 weight into two bf16 terms, ``W = W_hi + W_lo + r`` with ``|r| <= 2**-18 |W|``, and multiplies
+float32 weight into two bf16 terms, ``W = W_hi + W_lo + r`` with ``|r| <= 2**-17 |W|``, and multiplies
 the exact bf16 activations by both in one bf16 GEMM that accumulates and writes float32
 (``torch.mm(..., out_dtype=torch.float32)``); the backward splits the float32 logit gradient the same
 way. Every product is then exact but for ``r`` (or its gradient counterpart, <= 2**-16), the sums are
@@ -30,9 +30,15 @@ def _mm(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.Tenso
 
 
 def _split(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 t -> bf16 (hi, lo) with hi + lo = t to 2**-18 relative."""
-    hi = t.to(torch.bfloat16)
-    return hi, (t - hi.float()).to(torch.bfloat16)
+    """float32 t -> bf16 (hi, lo) with hi + lo = t to 2**-17 relative.
+
+    hi is t rounded to bf16's 8 significant bits on the bit pattern (round half away from zero), so
+    it is exact in bf16 and t - hi is exact in float32: written as ``t - t.to(bf16).float()``,
+    torch.compile's fused kernel would skip the rounding (it does not emulate precision casts) and
+    lo would come out 0."""
+    bits = t.contiguous().view(torch.int32)
+    hi = ((bits + 0x8000) & -0x10000).view(torch.float32)
+    return hi.to(torch.bfloat16), (t - hi).to(torch.bfloat16)
 
 
 class _SplitBF16Linear(torch.autograd.Function):
