@@ -89,8 +89,9 @@ def test_compiled_equals_eager():
 
 
 @pytest.mark.gpu
-def test_cuda_bf16_takes_the_split_path_and_compiles():
-    x, w, b, grad = _inputs(6, T=512, H=256, E=16, device="cuda")
+@pytest.mark.parametrize("T,H,E", [(512, 256, 16), (37, 100, 6)])  # aligned, and no dimension a multiple of 8
+def test_cuda_bf16_takes_the_split_path_and_compiles(T, H, E):
+    x, w, b, grad = _inputs(6, T=T, H=H, E=E, device="cuda")
     out, gx, gw = _run(x, w, b, grad)
     forced = _run(x, w, b, grad, split_bf16=True)
     assert torch.equal(out, forced[0]) and torch.equal(gw, forced[2])
