@@ -413,6 +413,44 @@ def test_layer_gradients_equal_the_reference(dtype, cf, policy, layout, size):
         torch.testing.assert_close(gl1, gl2, atol=2e-2 * gl2.abs().max().item(), rtol=2e-2)
 
 
+GELU_CONFIGS = [dict(BLOCK=b, num_warps=w) for b, w in [(1024, 4), (2048, 8), (8192, 16)]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape,cfg", [((37, 53), None), ((3, 1000), GELU_CONFIGS[0]), ((0, 8), None),
+                                       ((129, 64), GELU_CONFIGS[1]), ((5, 2000), GELU_CONFIGS[2]),
+                                       pytest.param((32768, 8192), None, marks=pytest.mark.gpu)])
+def test_gelu_and_its_backward_match_torch(dtype, shape, cfg):
+    """The backend's GELU (the expert MLPs' activation) and its gradient against F.gelu, values from
+    -8 to 8 and the tails; every output element written (poisoned buffers)."""
+    b = get_backend("triton")
+    x = (randn(*shape, seed=40) * 3).clamp(-8, 8)
+    if x.numel():
+        x.view(-1)[:4] = torch.tensor([-30.0, 30.0, 0.0, -0.5])
+    x = x.to(dtype)
+    g = randn(*shape, seed=41, dtype=dtype)
+    forced = _common.using(force_config={"gelu": cfg, "gelu_bwd": cfg}) if cfg else _common.using()
+    with forced:
+        xa = x.clone().requires_grad_()
+        out = b.gelu(xa)
+        out.backward(g)
+    xr = x.clone().requires_grad_()
+    ref = torch.nn.functional.gelu(xr)
+    ref.backward(g)
+    assert out.dtype == dtype and xa.grad.dtype == dtype and not out.isnan().any()
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2 ** -7, atol=2 ** -12)
+    torch.testing.assert_close(out, ref.detach(), **tol)
+    torch.testing.assert_close(xa.grad, xr.grad, **tol)
+    with torch.no_grad():
+        assert torch.equal(b.gelu(x), out.detach())  # the no-autograd launch computes the same
+
+
+def test_gelu_falls_back_where_the_kernel_does_not_run():
+    x = randn(16, 8, seed=42).t()  # not contiguous
+    assert torch.equal(get_backend("triton").gelu(x), torch.nn.functional.gelu(x))
+    assert get_backend("torch").gelu is None  # the layer then uses F.gelu
+
+
 def test_combine_backward_pieces_equal_the_reference():
     r = routing_for("skewed", 300, 20, 3, seed=5)
     p = plan_mod.build_plan(r, capacity_factor=0.9, layout="padded")

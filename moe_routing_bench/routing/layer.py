@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -45,19 +46,20 @@ def grouped_mm(x_RH: torch.Tensor, w_EHF: torch.Tensor, group_ends_E: torch.Tens
     return out
 
 
-def expert_ffn(x_RH: torch.Tensor, w1_EHF: torch.Tensor, w2_EFH: torch.Tensor, plan: Plan) -> torch.Tensor:
-    """gelu(x W1_e) W2_e for each expert's packed rows, by the plan's layout."""
+def expert_ffn(x_RH: torch.Tensor, w1_EHF: torch.Tensor, w2_EFH: torch.Tensor, plan: Plan,
+               gelu: Callable[[torch.Tensor], torch.Tensor] = F.gelu) -> torch.Tensor:
+    """gelu(x W1_e) W2_e for each expert's packed rows, by the plan's layout (`gelu`: a backend's)."""
     if plan.layout == "padded":
         E, C = plan.num_experts, plan.capacity
-        h = F.gelu(torch.bmm(x_RH.view(E, C, -1), w1_EHF))
+        h = gelu(torch.bmm(x_RH.view(E, C, -1), w1_EHF))
         return torch.bmm(h, w2_EFH).view(E * C, -1)
-    return ragged_expert_ffn(x_RH, w1_EHF, w2_EFH, plan.group_ends_E)
+    return ragged_expert_ffn(x_RH, w1_EHF, w2_EFH, plan.group_ends_E, gelu)
 
 
 def ragged_expert_ffn(x_RH: torch.Tensor, w1_EHF: torch.Tensor, w2_EFH: torch.Tensor,
-                      group_ends_E: torch.Tensor) -> torch.Tensor:
+                      group_ends_E: torch.Tensor, gelu: Callable[[torch.Tensor], torch.Tensor] = F.gelu) -> torch.Tensor:
     """gelu(x W1_e) W2_e over expert-major ragged rows (int32 group ends, the grouped GEMM's offs)."""
-    h = F.gelu(grouped_mm(x_RH, w1_EHF, group_ends_E))
+    h = gelu(grouped_mm(x_RH, w1_EHF, group_ends_E))
     return grouped_mm(h, w2_EFH, group_ends_E)
 
 
@@ -190,7 +192,7 @@ class MoELayer(nn.Module):
     def experts(self, x_RH: torch.Tensor, plan: Plan) -> torch.Tensor:
         """The expert MLPs over packed rows, in the rows' dtype."""
         w1, w2 = self.expert_weights(x_RH.dtype)
-        return expert_ffn(x_RH, w1, w2, plan)
+        return expert_ffn(x_RH, w1, w2, plan, self.backend.gelu or F.gelu)
 
     def dispatch_experts_combine(self, x_TH: torch.Tensor, plan: Plan) -> torch.Tensor:
         """pack -> experts -> combine; with `config.fused_experts`, the backend's fused path (same function, no

@@ -23,6 +23,8 @@ class Backend:
     # (x_TH, w1_EHF, w2_EFH, plan) -> out_TH: pack, the layer's GELU expert MLPs and combine in one
     # (no packed copy of x); returns None where it cannot run. None: the backend has no fused path.
     fused_experts: Callable[..., torch.Tensor | None] | None = None
+    # the expert MLPs' activation on the layer's unfused path (exact GELU); None: torch's F.gelu
+    gelu: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def use_triton_interpreter_without_gpu() -> None:

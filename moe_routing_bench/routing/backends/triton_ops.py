@@ -6,6 +6,7 @@
 | `build_plan` | position policy: `plan._hist_kernel` [+ `_block_scan_kernel`] + `_rank_kernel` (2-3 launches, config tuned per shape on a GPU; the histogram launch is skipped when the fused router wrote one, `FusedRouting`); score policy: `_hist/_scan_kernel`, one stable torch.sort of (expert, -weight) keys (torch fallback), `_score/_gate_kernel` | - |
 | `pack`       | `pack._pack_kernel` (+ `autograd.PackFn`)                    | -                               |
 | `combine`    | `combine._combine_kernel` (+ `autograd.CombineFn`, backward `_combine_bwd_kernel`) | -          |
+| `gelu`       | `gelu_kernels._gelu_kernel` (+ `autograd.GeluFn`, backward `_gelu_bwd_kernel`): the layer's unfused expert MLPs | other devices, dtypes, strides |
 | `fused_experts` | pack + GELU expert MLPs + combine of `MoELayer`: `grouped_gemm_kernels` with the gather in the first GEMM's loads (`autograd.ExpertsFn` backward: gathers and gates in the GEMM loads, no atomics) | None (the layer's unfused path) when the tensors are not where Triton runs or fp16 |
 Every primitive also falls back when its tensors are not where Triton runs (CPU tensors on a CUDA
 machine; CUDA tensors under the interpreter). Each computes the same function as the reference:
@@ -27,7 +28,7 @@ from .. import dispatch, routers
 from .. import plan as plan_mod
 from .base import Backend
 from ._triton.launch import runs_here
-from ._triton.autograd_fns import CombineFn, ExpertsFn, PackFn, RouteFn, experts_forward
+from ._triton.autograd_fns import CombineFn, ExpertsFn, GeluFn, PackFn, RouteFn, experts_forward
 from ._triton.plan_kernels import plan_tensors as _triton_plan_tensors
 from ._triton.topk_kernels import MAX_EXPERTS, MAX_TOP_K, MODES, route_topk
 
@@ -131,6 +132,18 @@ def fused_experts(x_TH: torch.Tensor, w1_EHF: torch.Tensor, w2_EFH: torch.Tensor
     return experts_forward(*args, save=False)[0]
 
 
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """Exact GELU on the elementwise kernels (torch's F.gelu where they do not run: other devices,
+    dtypes or strides)."""
+    if not runs_here(x) or x.dtype not in (torch.bfloat16, torch.float16, torch.float32) or not x.is_contiguous():
+        return torch.nn.functional.gelu(x)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return GeluFn.apply(x)
+    from ._triton.gelu_kernels import gelu as gelu_kernel
+
+    return gelu_kernel(x)
+
+
 def triton_backend() -> Backend:
     """The registry entry `triton` (see `moe_routing_bench.backends`)."""
-    return Backend("triton", route, build_plan, pack, combine, fused_experts)
+    return Backend("triton", route, build_plan, pack, combine, fused_experts, gelu)

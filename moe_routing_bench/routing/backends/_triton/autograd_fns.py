@@ -8,6 +8,7 @@
 |             |                                | sums its K rows (a gather with row_TK, deterministic)      |
 | `CombineFn` | `combine_rows`                 | one kernel: grad_y[row] = gate * grad_out[t] (push form,   |
 |             |                                | empty rows zero), grad_gate[t,k] = dot(grad_out[t], y[row])|
+| `GeluFn`    | `gelu` (elementwise)           | `gelu_backward`: grad * gelu'(x)                           |
 | `ExpertsFn` | gather-fused GEMM1 + GELU, GEMM2, | grad_gate = dot(grad_out[t], y[row]); dA = gelu'(a) *      |
 |             | combine (`experts_forward`)    | (gate * grad_out[tok]) W2^T (gather + gate in the GEMM);   |
 |             |                                | dW2 = h^T (gate * grad_out[tok]); dX = dA W1^T summed per   |
@@ -19,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from .combine_kernels import combine_backward, combine_rows
+from .gelu_kernels import gelu, gelu_backward
 from .grouped_gemm_kernels import ACT_GELU, ACT_GELU_BWD, grouped_gemm, grouped_wgrad
 from .launch import empty
 from .pack_kernels import pack_rows
@@ -118,6 +120,18 @@ def gate_per_row(gate_TK: torch.Tensor, row_TK: torch.Tensor, num_rows: int) -> 
     g = torch.zeros(num_rows + 1, dtype=torch.float32, device=gate_TK.device)
     g.scatter_(0, torch.where(row_TK >= 0, row_TK, num_rows).reshape(-1), gate_TK.detach().float().reshape(-1))
     return g[:num_rows]
+
+
+class GeluFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return gelu(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return gelu_backward(grad.contiguous(), x)
 
 
 class ExpertsFn(torch.autograd.Function):
