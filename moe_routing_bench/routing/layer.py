@@ -1,10 +1,11 @@
 """The MoE layer: router -> plan -> pack -> expert MLPs (grouped GEMM) -> combine.
 
 Shape legend: T tokens, H hidden (model dim), F expert hidden (ffn dim), E experts, K top-k,
-C capacity, R packed rows. The router is float32 whatever the activation dtype (`router_matmul`). Experts are GELU
-MLPs `gelu(x W1_e) W2_e` over the packed rows: torch's grouped GEMM on the ragged layout when torch
-has it; otherwise a batched matmul over the padded [E, C, H] layout when there is a capacity, else a
-loop over experts (which synchronises the host: a fallback, not a fast path).
+C capacity, R packed rows. The router is float32 whatever the activation dtype (`router_matmul`).
+Experts are GELU MLPs `gelu(x W1_e) W2_e` over the packed rows (the backend's GELU where it has one):
+torch's grouped GEMM on the ragged layout when torch has it; otherwise a batched matmul over the
+padded [E, C, H] layout when there is a capacity, else a loop over experts (which synchronises the
+host: a fallback, not a fast path).
 """
 from __future__ import annotations
 

@@ -9,9 +9,9 @@ float32 SIMT units: at T=8192 H=7168 E=256 the three router GEMMs (forward, both
 float32 weight into two bf16 terms, ``W = W_hi + W_lo + r`` with ``|r| <= 2**-17 |W|``, and multiplies
 the exact bf16 activations by both in one bf16 GEMM that accumulates and writes float32
 (``torch.mm(..., out_dtype=torch.float32)``); the backward splits the float32 logit gradient the same
-way. Every product is then exact but for ``r`` (or its gradient counterpart, <= 2**-16), the sums are
-float32: the logits and the weight gradient agree with the float32 computation to float32 rounding,
-and the input gradient is rounded to bf16 as before. Other inputs (float32, fp16, CPU) take the
+way. Every product is then exact but for ``r`` (or its gradient counterpart), the sums are float32:
+logits and weight gradient are within 2**-16 of sum |x||W| (resp. |g||x|) of the exact values, as
+float32 arithmetic is, and the input gradient is rounded to bf16 as before. Other inputs (float32, fp16, CPU) take the
 plain float32 path.
 """
 from __future__ import annotations
