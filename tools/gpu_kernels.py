@@ -3,9 +3,10 @@
 
     PYTHONPATH=. python3 tools/gpu_kernels.py --out $OUT [--commit SHA] [--budget-s 540]
 
-Correctness is the test suite's, not re-implemented here: step 2 runs tests/test_kernels.py and
-tests/test_fused_experts.py with pytest on this GPU (their `gpu` cases add the benchmark shapes and
-force every candidate launch config, so whatever the tuner picks below was checked). Steps:
+Correctness is the test suite's, not re-implemented here: step 2 runs tests/test_kernels.py,
+tests/test_fused_experts.py and tests/test_router_matmul.py with pytest on this GPU (their `gpu`
+cases add the benchmark shapes and force every candidate launch config, so whatever the tuner picks
+below was checked). Steps:
 1. ceilings measured in this run: device-to-device copy (`copy_bandwidth`) and dense bf16 matmul
    (`matmul_flops`, 8192^3 on random data);
 2. pytest on the GPU -> pytest.log;
@@ -94,7 +95,7 @@ class Run:
 # ----------------------------------------------------------------------------- 2. tests on the GPU
 
 def run_pytest(run: Run) -> None:
-    files = ["tests/test_kernels.py", "tests/test_fused_experts.py"]
+    files = ["tests/test_kernels.py", "tests/test_fused_experts.py", "tests/test_router_matmul.py"]
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs", *files]
     try:
         import xdist  # noqa: F401
