@@ -40,7 +40,6 @@ from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from .layer import MoEConfig, MoELayer, ragged_expert_ffn
@@ -260,11 +259,10 @@ class ExpertParallelMoELayer(MoELayer):
             return recv_MH + (w1.sum() + w2.sum()) * 0
         counts_PL = ex.recv_counts_PL[:, a:b]
         ends_L = torch.cumsum(counts_PL.sum(0), 0).to(torch.int32)
-        gelu = self.backend.gelu or F.gelu
         if counts_PL.shape[0] == 1:  # one source: its rows are already expert-major
-            return ragged_expert_ffn(recv_MH, w1, w2, ends_L, gelu)
+            return ragged_expert_ffn(recv_MH, w1, w2, ends_L, self.gelu)
         order_M = source_to_expert_major(counts_PL, M)
-        y_MH = ragged_expert_ffn(_GatherRows.apply(recv_MH, order_M), w1, w2, ends_L, gelu)
+        y_MH = ragged_expert_ffn(_GatherRows.apply(recv_MH, order_M), w1, w2, ends_L, self.gelu)
         return _GatherRows.apply(y_MH, _inverse_permutation(order_M))
 
     def return_rows(self, y_MH: torch.Tensor, ex: ExchangePlan, chunk: int = 0, pending: list | None = None) -> torch.Tensor:

@@ -193,7 +193,12 @@ class MoELayer(nn.Module):
     def experts(self, x_RH: torch.Tensor, plan: Plan) -> torch.Tensor:
         """The expert MLPs over packed rows, in the rows' dtype."""
         w1, w2 = self.expert_weights(x_RH.dtype)
-        return expert_ffn(x_RH, w1, w2, plan, self.backend.gelu or F.gelu)
+        return expert_ffn(x_RH, w1, w2, plan, self.gelu)
+
+    @property
+    def gelu(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The expert MLPs' activation: the backend's GELU where it has one, else torch's."""
+        return self.backend.gelu or F.gelu
 
     def dispatch_experts_combine(self, x_TH: torch.Tensor, plan: Plan) -> torch.Tensor:
         """pack -> experts -> combine; with `config.fused_experts`, the backend's fused path (same function, no

@@ -29,6 +29,7 @@ from .. import plan as plan_mod
 from .base import Backend
 from ._triton.launch import runs_here
 from ._triton.autograd_fns import CombineFn, ExpertsFn, GeluFn, PackFn, RouteFn, experts_forward
+from ._triton.gelu_kernels import gelu as gelu_kernel
 from ._triton.plan_kernels import plan_tensors as _triton_plan_tensors
 from ._triton.topk_kernels import MAX_EXPERTS, MAX_TOP_K, MODES, route_topk
 
@@ -139,8 +140,6 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.gelu(x)
     if torch.is_grad_enabled() and x.requires_grad:
         return GeluFn.apply(x)
-    from ._triton.gelu_kernels import gelu as gelu_kernel
-
     return gelu_kernel(x)
 
 
