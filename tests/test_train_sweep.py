@@ -37,6 +37,14 @@ def test_grid_tags_and_top1_only_at_k1(capsys):
     assert out.startswith("6 runs") and "Rdense_E4_K2_CFnone_S1" in out and "--capacity-factor none" in out
 
 
+def test_runs_side_by_side_share_the_cpu_cores(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert sweep.cpu_share_env(8) == {"OMP_NUM_THREADS": "2", "TORCHINDUCTOR_COMPILE_THREADS": "2"}
+    assert sweep.cpu_share_env(12)["OMP_NUM_THREADS"] == "1"
+    assert sweep.cpu_share_env(40)["OMP_NUM_THREADS"] == "1"
+    assert sweep.cpu_share_env(1)["OMP_NUM_THREADS"] == "16"
+
+
 def test_default_sweep_is_sized_for_the_machine(capsys, monkeypatch):
     import torch
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

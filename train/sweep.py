@@ -281,6 +281,13 @@ def end_children(running: dict) -> None:
         proc.wait()
 
 
+def cpu_share_env(runs_at_once: int) -> dict[str, str]:
+    """Each run's share of the CPU cores for its intra-op threads and inductor's compile workers
+    (a caller's own settings win): runs side by side would otherwise each start a thread per core."""
+    share = str(max(1, (os.cpu_count() or 1) // max(1, runs_at_once)))
+    return {"OMP_NUM_THREADS": share, "TORCHINDUCTOR_COMPILE_THREADS": share}
+
+
 def run_subprocesses(configs: dict[Point, C.TrainConfig], status: Status, opts: SweepOptions,
                      gpus: list[str], nproc: int, deadline: mrb.Deadline | None = None) -> list[Point]:
     """Subprocess per grid point; GPUs split into groups of nproc, runs_per_gpu runs per group.
@@ -290,7 +297,7 @@ def run_subprocesses(configs: dict[Point, C.TrainConfig], status: Status, opts: 
     slots = [g for g in groups for _ in range(max(1, opts.runs_per_gpu))]
     free = list(range(len(slots)))
     pending = list(configs)  # seed-major (_sweep)
-    compile_threads = str(max(1, (os.cpu_count() or 1) // len(slots)))
+    cpu_env = cpu_share_env(len(slots))
     running: dict[subprocess.Popen, tuple[Point, int, float, object]] = {}
     n, done = len(configs), 0
     previous = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -306,7 +313,7 @@ def run_subprocesses(configs: dict[Point, C.TrainConfig], status: Status, opts: 
                 cmd += C.to_argv(cfg)
                 env = {**os.environ, "NCCL_NVLS_ENABLE": "0", "PYTHONUNBUFFERED": "1",
                        "MOE_SWEEP_RUNS_PER_GPU": str(max(1, opts.runs_per_gpu))}
-                env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", compile_threads)  # runs compile side by side
+                env = {**cpu_env, **env}
                 if slots[slot]:
                     env["CUDA_VISIBLE_DEVICES"] = ",".join(slots[slot])
                 mrb.write_atomic(run_dir / "launch_cmd.txt",
