@@ -191,7 +191,8 @@ if [ "$MODE" = grids ]; then
       seed_a) A="--preset seed --outdir-root $WORK/seed_a" ;;
       seed_a_flips) A="--preset seed --outdir-root $WORK/seed_a --flip-list top1_gate,topk_hard_weights,hash_key,balance_loss,recipe" ;;
       ours_b) A="--preset seed-budget --outdir-root $WORK/ours_b" ;;
-      ours_b_long) A="--preset seed-budget --max-steps 4800 --router-list softk,top1,aux-free,expert-choice --outdir-root $WORK/ours_b_long"
+      ours_b_long) A="--preset seed-budget --max-steps 4800 --router-list softk,top1,aux-free,expert-choice \
+                      --capacity-factors 1.25 --outdir-root $WORK/ours_b_long"
                    R=$RPG_LONG ;;
       *) echo "unknown grid $grid"; exit 2 ;;
     esac

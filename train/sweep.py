@@ -61,7 +61,9 @@ PROG = "sweep.py"
 PER_POINT = frozenset({"router", "strategy", "num_experts", "top_k", "capacity_factor", "seed", "outdir"})
 # routers whose computation an older-tool factor changes (a factor not listed changes every router)
 AFFECTS = {"top1_gate": {"top1"}, "topk_hard_weights": {"topk-hard"}, "hash_key": {"hash"},
-           "expert_choice": {"expert-choice"}}
+           "expert_choice": {"expert-choice"},
+           # hash never reads its router's output, so a balance loss cannot change its routing
+           "balance_loss": {"top1", "topk-hard", "softk", "expert-choice", "aux-free"}}
 
 
 @dataclass
