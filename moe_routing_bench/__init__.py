@@ -24,7 +24,8 @@ from .routing.routers import (STRATEGIES, Routing, balance_loss, canonical_strat
                               update_aux_free_bias, z_loss)
 from .routing.validation import ConfigError, parse_dtype
 # the older tool's semantics, factor by factor (issue 14)
-from .routing.routers import SEED_FACTORS, check_seed_semantics, seed_balance_loss, seed_route_factor
+from .routing.routers import (SEED_FACTORS, check_seed_semantics, seed_balance_loss, seed_factors_changing,
+                              seed_route_factor)
 
 __version__ = "0.1.0"
 
@@ -35,6 +36,6 @@ __all__ = [
     "backend_unavailable_reason", "balance_loss", "bench_stages", "build_plan", "canonical_strategy", "capacity",
     "check_seed_semantics", "combine", "copy_bandwidth", "environment", "expert_parallel",
     "expert_parallel_groups", "get_backend", "main_shape", "make_inputs", "matmul_flops", "measure", "metrics",
-    "moe_layer", "pack", "parse_dtype", "read_jsonl", "route", "seed_balance_loss", "seed_route_factor",
+    "moe_layer", "pack", "parse_dtype", "read_jsonl", "route", "seed_balance_loss", "seed_factors_changing", "seed_route_factor",
     "shard_experts", "stable_cpu_allocator", "stage_callables", "update_aux_free_bias", "write_atomic", "z_loss",
 ]

@@ -79,6 +79,22 @@ def test_seed_hash_keys_on_row_position():
     assert len({tuple(row) for row in ours.expert_ids_TK.tolist()}) == 1
 
 
+def test_factors_that_change_each_router():
+    assert mrb.seed_factors_changing("top1") == {"top1_gate", "balance_loss"}
+    assert mrb.seed_factors_changing("topk_hard") == {"topk_hard_weights", "balance_loss"}
+    assert mrb.seed_factors_changing("softk") == mrb.seed_factors_changing("aux-free") == {"balance_loss"}
+    assert mrb.seed_factors_changing("expert-choice") == {"expert_choice", "balance_loss"}
+    assert mrb.seed_factors_changing("hash") == {"hash_key"}
+    # why not the balance loss for hash: its experts and weights do not depend on the logits at all
+    ids = torch.tensor([3, 1, 4, 1, 5])
+    for semantics in ((), ("hash_key",)):
+        a = route(torch.randn(5, 8), "hash", 2, token_ids_T=ids, seed_semantics=semantics)
+        b = route(100 * torch.randn(5, 8), "hash", 2, token_ids_T=ids, seed_semantics=semantics)
+        assert torch.equal(a.expert_ids_TK, b.expert_ids_TK) and torch.equal(a.weights_TK, b.weights_TK)
+    with pytest.raises(mrb.ConfigError):
+        mrb.seed_factors_changing("dense")
+
+
 EC_LOGITS = torch.tensor([[2.0, 1.0, 0.0], [0.5, 3.0, 1.0], [1.5, 2.0, 4.0], [0.0, 0.0, -1.0]])
 
 

@@ -201,4 +201,7 @@ def test_attribution_table(summary, tmp_path):
     ours = next(line for line in top1 if "| ours/ours |" in line)
     assert "| top1_gate, balance_loss, recipe |" in ours  # the factors that matter to top1
     assert "| +0.8000 |" in ours and "| yes |" in ours
+    # the single flips measured so far add up to +0.1 of the +0.8 between the preset and ours
+    total = next(line for line in top1 if "| sum of single flips |" in line)
+    assert "| balance_loss (1 of 3) |" in total and "| +0.1000 |" in total
     assert not any(line.startswith("| hash |") for line in lines)  # no seed preset for hash: nothing to attribute

@@ -463,9 +463,10 @@ def markdown_table(rows: list[dict], metric: str = "final_val_ppl") -> str:
 def attribution_table(rows: list[dict], metric: str = "final_val_loss", level: float = 0.05) -> str:
     """Markdown: for each router (and every other key but semantics and recipe), the seed preset
     (semantics ``seed``, recipe ``seed``) first, then each variant with what it flips back to ours
-    (the factors that matter to that router: its own and the balance loss; and the recipe),
-    its difference from the preset in `metric` and Welch's p: which factor moves a router, and how much."""
-    from moe_routing_bench import SEED_FACTORS, seed_route_factor
+    (the factors that matter to that router, `seed_factors_changing`, and the recipe), its difference
+    from the preset in `metric` and Welch's p: which factor moves a router, and how much; then what
+    the single flips add up to beside the row that flips them all (the rest is their interaction)."""
+    from moe_routing_bench import SEED_FACTORS, seed_factors_changing
 
     means = [r for r in rows if r["row_type"] == "mean" and r.get(metric) is not None]
     groups: dict[tuple, list[dict]] = {}
@@ -479,14 +480,20 @@ def attribution_table(rows: list[dict], metric: str = "final_val_loss", level: f
         base = next((r for r in members if r["semantics"] == "seed" and r["recipe"] == "seed"), None)
         if base is None or len(members) < 2:
             continue
+        singles: dict[str, float] = {}  # one factor flipped: its difference from the preset
+        every: list[str] = []  # the factors of the row that flips all of them (our semantics and recipe)
         for r in [base] + sorted((m for m in members if m is not base), key=lambda m: (m["semantics"], m["recipe"])):
             factors = set(filter(None, str(r.get("seed_semantics") or "").split("+")))
-            relevant = {seed_route_factor(r["router"], SEED_FACTORS), "balance_loss"}  # the others change nothing
+            relevant = frozenset() if r["router"] == "dense" else seed_factors_changing(r["router"])
             flipped = ([f for f in SEED_FACTORS if f not in factors and f in relevant]
                        + (["recipe"] if r["recipe"] != "seed" else []))
             if r is base:
                 delta = p_txt = dist = "-"
             else:
+                if len(flipped) == 1:
+                    singles[flipped[0]] = r[metric] - base[metric]
+                if len(flipped) > len(every):
+                    every = flipped
                 _, _, p = welch(r["_values"][metric], base["_values"][metric])
                 delta = f"{r[metric] - base[metric]:+.4f}"
                 p_txt = "-" if p is None else f"{p:.3g}"
@@ -494,6 +501,11 @@ def attribution_table(rows: list[dict], metric: str = "final_val_loss", level: f
             lines.append(f"| {r['router']} | {r['capacity_factor']} | {r['max_steps']} | {r['semantics']}/{r['recipe']} | "
                          f"{', '.join(flipped) or '(none: the preset)'} | {r[metric]:.4f} ± {_fmt(r.get(metric + '_std'), '.4f')} | "
                          f"{delta} | {p_txt} | {dist} |")
+        measured = [f for f in every if f in singles]
+        if len(every) > 1 and measured:  # how much of the whole difference the single flips add up to
+            lines.append(f"| {base['router']} | {base['capacity_factor']} | {base['max_steps']} | sum of single flips | "
+                         f"{', '.join(measured)} ({len(measured)} of {len(every)}) | - | "
+                         f"{sum(singles[f] for f in measured):+.4f} | - | - |")
     return "\n".join(lines) + "\n"
 
 

@@ -59,11 +59,6 @@ TRAIN = ROOT / "train" / "train.py"
 STATUS_NAME = "sweep_status.json"
 PROG = "sweep.py"
 PER_POINT = frozenset({"router", "strategy", "num_experts", "top_k", "capacity_factor", "seed", "outdir"})
-# routers whose computation an older-tool factor changes (a factor not listed changes every router)
-AFFECTS = {"top1_gate": {"top1"}, "topk_hard_weights": {"topk-hard"}, "hash_key": {"hash"},
-           "expert_choice": {"expert-choice"},
-           # hash never reads its router's output, so a balance loss cannot change its routing
-           "balance_loss": {"top1", "topk-hard", "softk", "expert-choice", "aux-free"}}
 
 
 @dataclass
@@ -167,7 +162,9 @@ def grid(opts: SweepOptions, base_semantics: tuple[str, ...] = ()) -> list[Point
                     router_cfs = ["none"]  # no routing, no capacity
                 elif router == "expert-choice" and any(_same_cf(c, "1.0") for c in cfs):
                     router_cfs = [c for c in cfs if c != "none"]  # expert-choice reads 'none' as 1.0
-                for flip in [None, *[f for f in flips if router in AFFECTS.get(f, {router})]]:
+                # one factor off at a time, for the routers it changes (the recipe changes every router)
+                changes = frozenset() if router == "dense" else mrb.seed_factors_changing(router)
+                for flip in [None, *[f for f in flips if f == C.RECIPE_FACTOR or f in changes]]:
                     for cf in router_cfs:
                         for seed in [int(s) for s in _csv(opts.seeds)]:
                             pt = Point(router, E, k, cf, seed, flip)
