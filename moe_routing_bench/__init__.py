@@ -36,6 +36,7 @@ __all__ = [
     "backend_unavailable_reason", "balance_loss", "bench_stages", "build_plan", "canonical_strategy", "capacity",
     "check_seed_semantics", "combine", "copy_bandwidth", "environment", "expert_parallel",
     "expert_parallel_groups", "get_backend", "main_shape", "make_inputs", "matmul_flops", "measure", "metrics",
-    "moe_layer", "pack", "parse_dtype", "read_jsonl", "route", "seed_balance_loss", "seed_factors_changing", "seed_route_factor",
-    "shard_experts", "stable_cpu_allocator", "stage_callables", "update_aux_free_bias", "write_atomic", "z_loss",
+    "moe_layer", "pack", "parse_dtype", "read_jsonl", "route", "seed_balance_loss", "seed_factors_changing",
+    "seed_route_factor", "shard_experts", "stable_cpu_allocator", "stage_callables", "update_aux_free_bias",
+    "write_atomic", "z_loss",
 ]

@@ -293,9 +293,8 @@ def check_seed_semantics(names) -> tuple[str, ...]:
 def seed_factors_changing(strategy: str) -> frozenset[str]:
     """The older tool's factors that change what `strategy` computes: its own routing factor and the
     balance loss, but not for hash, whose expert choice never reads the router's logits."""
-    own = _SEED_ROUTE_FACTORS.get(canonical_strategy(strategy))
-    loss = () if canonical_strategy(strategy) == "hash" else ("balance_loss",)
-    return frozenset(filter(None, (own, *loss)))
+    name = canonical_strategy(strategy)
+    return frozenset(filter(None, (_SEED_ROUTE_FACTORS.get(name), None if name == "hash" else "balance_loss")))
 
 
 def seed_route_factor(strategy: str, seed_semantics: tuple[str, ...]) -> str | None:
@@ -398,6 +397,6 @@ SEED_ROUTERS = {
 __all__ = [
     "SEED_FACTORS", "STRATEGIES", "Routing", "balance_loss", "canonical_strategy", "capacity", "check_route_args",
     "check_seed_semantics", "expert_counts", "jitter", "route", "seed_balance_loss", "seed_expert_choice",
-    "seed_expert_choice_tokens", "seed_factors_changing", "seed_hash", "seed_hash_experts", "seed_renormalize_kept", "seed_route_factor",
-    "seed_top1", "seed_topk_hard", "topk_lowest_id", "update_aux_free_bias", "z_loss",
+    "seed_expert_choice_tokens", "seed_factors_changing", "seed_hash", "seed_hash_experts", "seed_renormalize_kept",
+    "seed_route_factor", "seed_top1", "seed_topk_hard", "topk_lowest_id", "update_aux_free_bias", "z_loss",
 ]
