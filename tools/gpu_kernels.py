@@ -28,7 +28,6 @@ on the CPU interpreter (numbers meaningless) to check it before spending GPU tim
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
