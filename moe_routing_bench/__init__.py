@@ -31,8 +31,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS", "SEED_BACKEND_NAMES", "SEED_FACTORS", "SEED_FLAG_ALIASES", "SHAPES", "STAGES", "STRATEGIES",
-    "Backend", "Case", "ConfigError", "Deadline", "ExpertParallelGroups", "ExpertParallelMoELayer", "MoEAux", "MoEConfig",
-    "MoELayer", "Plan", "Routing", "Timing", "append_jsonl", "atomic_target", "available_backends",
+    "Backend", "Case", "ConfigError", "Deadline", "ExpertParallelGroups", "ExpertParallelMoELayer", "MoEAux",
+    "MoEConfig", "MoELayer", "Plan", "Routing", "Timing", "append_jsonl", "atomic_target", "available_backends",
     "backend_unavailable_reason", "balance_loss", "bench_stages", "build_plan", "canonical_strategy", "capacity",
     "check_seed_semantics", "combine", "copy_bandwidth", "environment", "expert_parallel",
     "expert_parallel_groups", "get_backend", "main_shape", "make_inputs", "matmul_flops", "measure", "metrics",

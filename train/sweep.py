@@ -310,9 +310,8 @@ def run_subprocesses(configs: dict[Point, C.TrainConfig], status: Status, opts: 
                 cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                         str(TRAIN), "--distributed"] if nproc > 1 else [sys.executable, str(TRAIN)])
                 cmd += C.to_argv(cfg)
-                env = {**os.environ, "NCCL_NVLS_ENABLE": "0", "PYTHONUNBUFFERED": "1",
+                env = {**cpu_env, **os.environ, "NCCL_NVLS_ENABLE": "0", "PYTHONUNBUFFERED": "1",
                        "MOE_SWEEP_RUNS_PER_GPU": str(max(1, opts.runs_per_gpu))}
-                env = {**cpu_env, **env}
                 if slots[slot]:
                     env["CUDA_VISIBLE_DEVICES"] = ",".join(slots[slot])
                 mrb.write_atomic(run_dir / "launch_cmd.txt",
