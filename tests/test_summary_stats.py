@@ -135,6 +135,13 @@ def test_export_labels_keep_experiments_apart(summary, tmp_path):
     assert labels[("softk", "ours")] == "softk"  # ours keeps its plain name (and dashboard history)
     assert labels[("softk", "seed")] == "softk [seed, recipe seed]"
     assert labels[("top1", "seed (ours: balance_loss)")] == "top1 [seed (ours: balance_loss), recipe seed]"
+    # the recipe flipped back to ours is named beside the older tool's semantics, and one router is
+    # labelled the same way at every capacity factor
+    flipped = [{**r, "recipe": "ours", "run": r["run"] + "x"} for r in rows if r["router"] == "softk" and r["semantics"] == "seed"]
+    other_cf = [{**r, "capacity_factor": "1.25"} for r in rows if r["router"] == "softk"]  # no recipe flip here
+    names = {(x["capacity_factor"], x["router"]) for x in summarize.export_rows(rows + flipped + other_cf)}
+    assert {("1.0", "softk [seed, recipe ours]"), ("1.0", "softk [seed, recipe seed]"), ("1.0", "softk"),
+            ("1.25", "softk [seed, recipe seed]"), ("1.25", "softk")} <= names
     store = pytest.importorskip("moe_routing_bench.suite.store")
     path = summarize.export(summary, summarize.summarize([str(tmp_path / "runs" / "*")], summary), tmp_path / "asv",
                             "test-machine")
@@ -205,3 +212,24 @@ def test_attribution_table(summary, tmp_path):
     total = next(line for line in top1 if "| sum of single flips |" in line)
     assert "| balance_loss (1 of 3) |" in total and "| +0.1000 |" in total
     assert not any(line.startswith("| hash |") for line in lines)  # no seed preset for hash: nothing to attribute
+
+
+def test_labelled_runs_are_a_variant_compared_with_the_unlabelled(summary, tmp_path):
+    for seed, loss in enumerate([0.5, 0.6, 0.7], 1):  # softk, ours, with something changed: 0.5 lower
+        _write_run(tmp_path / "parts" / "fast" / f"softk_S{seed}", "softk", (), None, 2, seed, loss)
+    md = tmp_path / "variants.md"
+    assert summarize.main(["--runs", str(tmp_path / "runs" / "*"), f"fast={tmp_path / 'parts' / 'fast' / '*'}",
+                           "--out", str(summary), "--variants", str(md)]) == 0
+    means = [r for r in csv.DictReader(open(summary)) if r["row_type"] == "mean" and r["router"] == "softk"
+             and r["semantics"] == "ours"]
+    assert sorted((r["variant"], round(float(r["final_val_loss"]), 6)) for r in means) == [("", 1.1), ("fast", 0.6)]
+    lines = md.read_text().splitlines()
+    assert len(lines) == 3 and lines[0].count("|") == lines[2].count("|")
+    # -0.5, t = 0.5 / sqrt(2 * 0.01 / 3), df 4
+    _, _, p = summarize.welch([0.5, 0.6, 0.7], [1.0, 1.1, 1.2])
+    assert p == pytest.approx(0.0036, abs=2e-4)
+    assert lines[2] == (f"| softk | 1.0 | 10 | ours/ours | fast | 0.6000 ± 0.1000 | 1.1000 ± 0.1000 | -0.5000 | "
+                        f"{p:.3g} | yes |")
+    labels = {x["router"] for x in summarize.export_rows(list(csv.DictReader(open(summary))))}
+    assert {"softk", "softk [variant=fast]"} <= labels  # the unlabelled runs keep their plain name
+    assert summarize.split_variant("runs/a=b/*") == ("", "runs/a=b/*")  # '=' inside a path is not a label

@@ -19,7 +19,9 @@ Semantics: ``semantics`` names what the routers computed: ``ours`` (the default)
 factor of the older tool behind the seed README, ``moe_routing_bench.SEED_FACTORS``), ``seed (ours:
 F)`` (all but factor F) or the factors joined by ``+``; ``recipe`` is the training preset (``ours``
 unless a ``--preset`` was given). Both are configuration keys, so a seed-preset run and ours are never
-averaged together.
+averaged together. ``variant`` is a label typed with a pattern (``--runs LABEL=GLOB``, empty otherwise)
+for runs that changed something no other key names (one part of the recipe, say); it is a key too, and
+``--variants`` compares each labelled configuration with the unlabelled one it differs from.
 
 Statistics: ``X_ci95`` is the half-width of the 95% Student-t interval of the mean over seeds
 (t_{0.975, n-1} * std / sqrt(n)) for the quality columns (``QUALITY``). Configurations that differ
@@ -48,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "train"]
 sys.path.insert(0, str(ROOT))
 
-KEY_COLUMNS = ["router", "semantics", "recipe", "num_experts", "top_k", "capacity_factor", "dim", "layers", "heads",
+KEY_COLUMNS = ["router", "semantics", "recipe", "variant", "num_experts", "top_k", "capacity_factor", "dim", "layers", "heads",
                "expand", "seq_len", "batch_size", "world_size", "max_steps", "dtype", "backend", "compile"]
 # a comparison group: every key but these (top1 runs with k=1 are compared with k=2 routers)
 ROUTER_KEYS = ("router", "top_k")
@@ -124,8 +126,8 @@ def _first(*values):
     return next((v for v in values if v is not None), None)
 
 
-def load_run(run_dir: Path) -> dict | None:
-    """One run's row, or None when the folder holds no log."""
+def load_run(run_dir: Path, variant: str = "") -> dict | None:
+    """One run's row, or None when the folder holds no log; ``variant`` labels it (see the module doc)."""
     log = run_dir / "train_log.jsonl"
     if not log.exists():
         return None
@@ -155,6 +157,7 @@ def load_run(run_dir: Path) -> dict | None:
         "row_type": "run", "run": run_dir.name, "seed": args.get("seed"),
         "router": last.get("router", model.get("router")), "semantics": semantics_label(factors),
         "seed_semantics": "+".join(factors), "recipe": preset if preset not in (None, "", "none") else "ours",
+        "variant": variant,
         "num_experts": last.get("num_experts"),
         "top_k": last.get("top_k"), "capacity_factor": "none" if last.get("capacity_factor") is None
         else last.get("capacity_factor"),
@@ -337,6 +340,14 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
             w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
 
 
+def split_variant(pattern: str) -> tuple[str, str]:
+    """``LABEL=GLOB`` -> (LABEL, GLOB); a plain glob -> ("", glob)."""
+    label, sep, rest = pattern.partition("=")
+    if sep and label and not any(c in label for c in "/*?[\\"):
+        return label, rest
+    return "", pattern
+
+
 def pairs_path(out: str | Path) -> Path:
     out = Path(out)
     return out.with_name(out.stem + "_pairs.csv")
@@ -349,8 +360,11 @@ def summarize(patterns: list[str], out: str | Path, bench: list[str] | None = No
     fill ``bench_tokens_per_s`` for matching runs. ``metric``/``level``: see `compare`."""
     if metric not in QUALITY:
         raise ValueError(f"--compare must be one of {', '.join(QUALITY)}, got {metric!r}")
-    dirs = sorted({Path(p) for pat in patterns for p in glob.glob(pat) if Path(p).is_dir()})
-    rows = [r for r in (load_run(d) for d in dirs) if r is not None]
+    dirs: dict[Path, str] = {}
+    for labelled in patterns:
+        label, pat = split_variant(labelled)
+        dirs.update({Path(p): label for p in glob.glob(pat) if Path(p).is_dir()})
+    rows = [r for r in (load_run(d, label) for d, label in sorted(dirs.items())) if r is not None]
     benches = load_bench(bench or [])
     for r in rows:
         try:
@@ -372,9 +386,10 @@ def summarize(patterns: list[str], out: str | Path, bench: list[str] | None = No
 
 def export_rows(rows: list[dict]) -> list[dict]:
     """The rows as the result store groups them (router x num_experts x top_k x capacity_factor):
-    where runs of one such group differ in another key (semantics, recipe, steps, ...), the router
-    label names it, e.g. ``softk [seed, max_steps=1200]`` (``ours`` is not named: our default runs
-    keep the plain router name, and their history), so no two experiments are averaged. Run rows
+    where runs of one router differ in another key (semantics, recipe, steps, ...), the router label
+    names it, the same way for every expert count and capacity factor, e.g. ``softk [seed, recipe
+    seed, max_steps=1200]`` (our default runs keep the plain router name, and their history; our
+    recipe is named only beside the older tool's semantics), so no two experiments are averaged. Run rows
     get their configuration's ``rank`` and ``*_ci95`` (exported as such); those of runs that shared
     their GPU lose the ``SHARED_GPU_COLUMNS``."""
     store_keys = ("router", "num_experts", "top_k", "capacity_factor")
@@ -384,16 +399,17 @@ def export_rows(rows: list[dict]) -> list[dict]:
     rows = [{**r, **{c: config.get(tuple(str(r.get(k)) for k in KEY_COLUMNS), {}).get(c) for c in per_config},
              **({c: None for c in SHARED_GPU_COLUMNS} if float(r.get("gpu_shared_by_runs") or 1) > 1 else {})}
             if r.get("row_type") == "run" else r for r in rows]
-    groups: dict[tuple, list[dict]] = {}
+    groups: dict[str, list[dict]] = {}
     for r in rows:
-        groups.setdefault(tuple(str(r.get(k)) for k in store_keys), []).append(r)
+        groups.setdefault(str(r.get("router")), []).append(r)
     out = []
     for members in groups.values():
         varying = [k for k in KEY_COLUMNS if k not in store_keys and len({str(m.get(k)) for m in members}) > 1]
         for r in members:
+            ours = r.get("semantics") == "ours"
             extra = [(f"recipe {r.get(k)}" if k == "recipe" else str(r.get(k))) if k in SEMANTICS_KEYS
                      else f"{k}={r.get(k)}" for k in varying
-                     if not (k in SEMANTICS_KEYS and r.get(k) == "ours")]
+                     if not (r.get(k) == "ours" and (k == "semantics" or ours)) and not (k == "variant" and not r.get(k))]
             for k in reversed(SEMANTICS_KEYS):  # a seed-preset sweep alone is still named
                 if k not in varying and r.get(k, "ours") != "ours":
                     extra.insert(0, f"recipe {r[k]}" if k == "recipe" else str(r[k]))
@@ -420,12 +436,12 @@ def print_table(rows: list[dict]) -> None:
     bench = any(r.get("bench_tokens_per_s") for r in means)
     print(f"{'router':<14}{'semantics':<34}{'E':>4}{'k':>3}{'cf':>6}{'n':>3}  {'val ppl':>16}  {'tokens/s':>20}  "
           f"{'drop':>6}  {'load_cv':>7}  causal" + ("  bench tokens/s (alone)" if bench else "") + "  not distinguishable from")
-    for r in sorted(means, key=lambda r: (r["semantics"], r["recipe"], str(r["max_steps"]),
+    for r in sorted(means, key=lambda r: (r["semantics"], r["recipe"], r.get("variant") or "", str(r["max_steps"]),
                                           r["final_val_ppl"] is None, r["final_val_ppl"] or 0)):
         spread = r["n_seeds"] > 1  # one seed has no spread: print the value alone, not "±0"
         ppl = "-" if r["final_val_ppl"] is None else \
             f"{r['final_val_ppl']:.3f}" + (f"±{r['final_val_ppl_std']:.3f}" if spread else "")
-        sem = r["semantics"] + ("" if r["recipe"] == "ours" else f"/{r['recipe']}")
+        sem = r["semantics"] + ("" if r["recipe"] == "ours" else f"/{r['recipe']}") + _variant(r)
         tps = "-" if r["median_tokens_per_s"] is None else \
             f"{r['median_tokens_per_s']:,.0f}" + (f"±{r['median_tokens_per_s_std']:,.0f}" if spread else "")
         drop = "-" if r["mean_drop_rate"] is None else f"{r['mean_drop_rate']:.3f}"
@@ -435,6 +451,10 @@ def print_table(rows: list[dict]) -> None:
               f"{'yes' if r['causal_safe'] else 'NO (not causal)':<15}"
               + (f"  {r['bench_tokens_per_s']:,.0f}" if bench and r.get("bench_tokens_per_s") else "")
               + f"  {(r.get('tied_with') or '-').replace(';', ', ')}")
+
+
+def _variant(r: dict) -> str:
+    return f" [{r['variant']}]" if r.get("variant") else ""
 
 
 def _fmt(v, spec):
@@ -448,11 +468,12 @@ def markdown_table(rows: list[dict], metric: str = "final_val_ppl") -> str:
     head = (f"| semantics | recipe | steps | router | cf | seeds | {metric} (mean ± std) | 95% interval | "
             "not distinguishable from | drop rate | load_cv (pre-drop) | load_cv_kept | causal |")
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
-    for r in sorted(means, key=lambda r: (r["semantics"] != "seed", r["semantics"], r["recipe"], str(r["max_steps"]),
-                                          str(r["capacity_factor"]), r.get(metric) is None, r.get(metric) or 0)):
+    for r in sorted(means, key=lambda r: (r["semantics"] != "seed", r["semantics"], r["recipe"], r.get("variant") or "",
+                                          str(r["max_steps"]), str(r["capacity_factor"]), r.get(metric) is None,
+                                          r.get(metric) or 0)):
         m, sd, ci = r.get(metric), r.get(metric + "_std"), r.get(metric + "_ci95")
         interval = "-" if None in (m, ci) else f"[{m - ci:.3f}, {m + ci:.3f}]"
-        lines.append(f"| {r['semantics']} | {r['recipe']} | {r['max_steps']} | {r['router']} | {r['capacity_factor']} | "
+        lines.append(f"| {r['semantics']} | {r['recipe']}{_variant(r)} | {r['max_steps']} | {r['router']} | {r['capacity_factor']} | "
                      f"{r['n_seeds']} | {_fmt(m, '.3f')} ± {_fmt(sd, '.3f')} | {interval} | "
                      f"{(r.get('tied_with') or '-').replace(';', ', ')} | {_fmt(r.get('mean_drop_rate'), '.3f')} | "
                      f"{_fmt(r.get('mean_load_cv'), '.3f')} | {_fmt(r.get('mean_load_cv_kept'), '.3f')} | "
@@ -509,9 +530,31 @@ def attribution_table(rows: list[dict], metric: str = "final_val_loss", level: f
     return "\n".join(lines) + "\n"
 
 
+def variant_table(rows: list[dict], metric: str = "final_val_loss", level: float = 0.05) -> str:
+    """Markdown: each labelled configuration (``--runs LABEL=GLOB``) against the unlabelled one with
+    every other key equal: both means over seeds, the difference in `metric` and Welch's p."""
+    means = [r for r in rows if r["row_type"] == "mean" and r.get(metric) is not None]
+    base = {tuple(str(r.get(k)) for k in KEY_COLUMNS if k != "variant"): r for r in means if not r.get("variant")}
+    head = (f"| router | cf | steps | semantics/recipe | variant | {metric} (mean ± std) | without it | Δ | "
+            f"Welch p | distinguishable at {level} |")
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for r in sorted((m for m in means if m.get("variant")), key=lambda m: (str(m["router"]), str(m["capacity_factor"]),
+                                                                        str(m["max_steps"]), m[metric])):
+        b = base.get(tuple(str(r.get(k)) for k in KEY_COLUMNS if k != "variant"))
+        if b is None:
+            continue
+        _, _, p = welch(r["_values"][metric], b["_values"][metric])
+        lines.append(f"| {r['router']} | {r['capacity_factor']} | {r['max_steps']} | {r['semantics']}/{r['recipe']} | "
+                     f"{r['variant']} | {r[metric]:.4f} ± {_fmt(r.get(metric + '_std'), '.4f')} | "
+                     f"{b[metric]:.4f} ± {_fmt(b.get(metric + '_std'), '.4f')} | {r[metric] - b[metric]:+.4f} | "
+                     f"{'-' if p is None else f'{p:.3g}'} | {'-' if p is None else ('yes' if p < level else 'no')} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--runs", nargs="+", default=["runs/routing_sweep/*"], help="run folders (globs)")
+    p.add_argument("--runs", nargs="+", default=["runs/routing_sweep/*"], help="run folders (globs); LABEL=GLOB "
+                   "labels its runs as a variant (a configuration key, see --variants)")
     p.add_argument("--out", default="runs/routing_sweep_summary.csv")
     p.add_argument("--bench", nargs="*", default=[], help="bench_throughput.py JSONL files: exclusive-GPU "
                    "tokens/s per configuration (column bench_tokens_per_s), for runs that shared a GPU")
@@ -529,6 +572,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", default=None, help="also write the configurations as a Markdown table here")
     p.add_argument("--attribution", default=None, help="also write, per router, the seed preset vs each variant "
                    "(one factor or the recipe flipped back to ours) as a Markdown table here")
+    p.add_argument("--variants", default=None, help="also write each labelled configuration (--runs LABEL=GLOB) "
+                   "against the unlabelled one as a Markdown table here")
     args = p.parse_args(argv)
     if not 0 < args.level < 1:
         p.error(f"--level must be between 0 and 1, got {args.level}")
@@ -542,7 +587,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.compare} at level {args.level} to {pairs_path(args.out)}")
     # perplexity reads better; the ties come from the test on --compare (ppl = exp(loss), same order)
     for path, text in ((args.markdown, lambda: markdown_table(rows, args.compare.replace("_loss", "_ppl"))),
-                       (args.attribution, lambda: attribution_table(rows, args.compare, args.level))):
+                       (args.attribution, lambda: attribution_table(rows, args.compare, args.level)),
+                       (args.variants, lambda: variant_table(rows, args.compare, args.level))):
         if path:
             mrb.write_atomic(path, text())
             print(f"wrote {path}")
