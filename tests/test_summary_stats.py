@@ -233,3 +233,26 @@ def test_labelled_runs_are_a_variant_compared_with_the_unlabelled(summary, tmp_p
     labels = {x["router"] for x in summarize.export_rows(list(csv.DictReader(open(summary))))}
     assert {"softk", "softk [variant=fast]"} <= labels  # the unlabelled runs keep their plain name
     assert summarize.split_variant("runs/a=b/*") == ("", "runs/a=b/*")  # '=' inside a path is not a label
+
+
+def test_replace_drops_a_study_s_earlier_exports(summary, tmp_path):
+    pytest.importorskip("moe_routing_bench.suite.store")
+    from moe_routing_bench.suite.store import resolve_commit
+
+    store, runs = tmp_path / "asv", str(tmp_path / "runs" / "*")
+    old, new = resolve_commit("HEAD~1")[0], resolve_commit("HEAD")[0]
+    base = ["--out", str(summary), "--export-asv", "--results-dir", str(store), "--machine", "m"]
+    assert summarize.main(["--runs", runs, *base, "--export-group", "Study", "--commit", old]) == 0
+    assert summarize.main(["--runs", runs, *base, "--commit", old]) == 0  # Training, same file as the study
+    seed_only = str(tmp_path / "runs" / "*_all_S*")  # the study again, fewer labels, at a newer commit
+    assert summarize.main(["--runs", seed_only, *base, "--export-group", "Study", "--commit", new, "--replace"]) == 0
+    registry = json.loads((store / "benchmarks.json").read_text())
+    labels = registry["exported.Study.track_final_val_loss"]["params"][0]
+    assert "'softk'" not in labels and "'softk [seed, recipe seed]'" in labels  # only the current labels
+    files = {p.name[:8]: json.loads(p.read_text())["results"] for p in (store / "m").glob("*-export-*.json")}
+    assert not any(k.startswith("exported.Study.") for k in files[old[:8]])  # gone from the older commit
+    assert "exported.Training.track_final_val_loss" in files[old[:8]]  # the other group kept
+    assert "exported.Study.track_final_val_loss" in files[new[:8]]
+    with pytest.raises(SystemExit) as e:  # never the documented sweep's history
+        summarize.main(["--runs", runs, *base, "--replace"])
+    assert e.value.code == 2

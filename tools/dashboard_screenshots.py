@@ -6,8 +6,10 @@
 Writes docs/dashboard_gpu_pack.png (pack on the H200, x axis = shape: a bar per backend),
 docs/dashboard_gpu_routing_path.png (the GPU routing path: a series per backend and machine),
 docs/dashboard_gpu_history_layer.png (the layer's forward + backward over the H200 history), docs/dashboard_training.png
-(a training metric: one series per router), docs/dashboard_router_study.png (issue 14's router study)
-and docs/dashboard_regressions.png. Each page but the first is
+(a training metric: one series per router), docs/dashboard_router_study.png,
+docs/dashboard_router_attribution.png, docs/dashboard_router_recipe_parts.png and
+docs/dashboard_router_study_long.png (issue 14's router study: (a) vs (b), the attribution grid, our
+recipe part by part, the longer runs) and docs/dashboard_regressions.png. Each page but the first is
 opened as a user opens it: the benchmark's own URL with no parameters in it, so what is shown is
 asv's first view.
 Needs chromium (`apt-get install -y --no-install-recommends chromium`); uses tests/browser.py.
@@ -32,8 +34,14 @@ PAGES = {
     # the H200 history, a line per backend: the layer (54e4038 made the fused expert path the default)
     "dashboard_gpu_history_layer.png": "bench_layer.MoELayer.track_forward_backward_us?machine=nvidia-h200",
     "dashboard_training.png": "exported.Training.track_best_val_loss?x-axis=router&machine=nvidia-h200",
-    # issue 14's study on the H200: the older tool's routers and recipe beside ours, a bar per router
+    # issue 14's study on the H200, a bar per router: (a) the older tool's routers and recipe beside
+    # (b) ours; (c) one factor at a time; our recipe's parts; (b) at 1200 and 4800 steps
     "dashboard_router_study.png": "exported.RouterStudy.track_final_val_ppl?x-axis=router&machine=nvidia-h200",
+    "dashboard_router_attribution.png":
+        "exported.RouterAttribution.track_final_val_ppl?x-axis=router&machine=nvidia-h200",
+    "dashboard_router_recipe_parts.png":
+        "exported.RouterRecipeParts.track_final_val_ppl?x-axis=router&machine=nvidia-h200",
+    "dashboard_router_study_long.png": "exported.RouterStudyLong.track_final_val_ppl?x-axis=router&machine=nvidia-h200",
     "dashboard_regressions.png": "regressions",
 }
 

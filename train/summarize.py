@@ -566,6 +566,10 @@ def main(argv: list[str] | None = None) -> int:
                    "exported.<group>.track_*; Training is the documented sweep's history, a one-off study "
                    "takes its own name")
     p.add_argument("--commit", default=None, help="commit the runs trained at, for --export-asv (default HEAD)")
+    p.add_argument("--replace", action="store_true", help="with --export-asv: first remove every earlier export "
+                   "of --export-group (all commits and machines), so a one-off study re-exported whole at the "
+                   "commit of its newest runs appears once, with only its current labels (not for Training, "
+                   "the documented sweep's history)")
     p.add_argument("--compare", default="final_val_loss", choices=QUALITY,
                    help="column the routers are compared on (Welch's t-test over seeds)")
     p.add_argument("--level", type=float, default=0.05, help="significance level of the two-sided Welch test")
@@ -577,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not 0 < args.level < 1:
         p.error(f"--level must be between 0 and 1, got {args.level}")
+    if args.replace and (not args.export_asv or args.export_group == "Training"):
+        p.error("--replace needs --export-asv and a study's own --export-group (Training keeps its history)")
     rows = summarize(args.runs, args.out, args.bench, args.compare, args.level)
     if not rows:
         print(f"summarize.py: no runs with a train_log.jsonl under {args.runs}", file=sys.stderr)
@@ -600,6 +606,11 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 0
         try:
+            if args.replace:
+                from moe_routing_bench.suite.store import drop_export_group
+
+                for dropped in drop_export_group(Path(args.results_dir), args.export_group):
+                    print(f"removed the earlier exported.{args.export_group} from {dropped}")
             path = export(args.out, rows, Path(args.results_dir), args.machine, args.commit, args.export_group)
         except ValueError as e:
             print(f"summarize.py: error: {e}", file=sys.stderr)

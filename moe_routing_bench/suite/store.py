@@ -319,6 +319,38 @@ def write_series(series: list[Series], results_dir: Path, machine: str, commit: 
     return path
 
 
+def drop_export_group(results_dir: Path, group: str) -> list[Path]:
+    """Remove every `exported.<group>.*` benchmark from the store: its registry entries (and the
+    parameter values they collected) and its results in every file, deleting a file left empty.
+    For a one-off study exported again, whole, at the commit of its newest runs. Returns the files
+    changed."""
+    from asv.results import Results
+
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", group):
+        raise ValueError(f"export group {group!r}: letters, digits and _ only, a letter first")
+    results_dir, prefix, changed = Path(results_dir), f"exported.{group}.", []
+    with locked_store(results_dir):
+        for path in sorted(results_dir.glob("*/*.json")):
+            if path.name == "machine.json":
+                continue
+            results = Results.load(str(path))
+            keys = [k for k in results.get_all_result_keys() if k.startswith(prefix)]
+            if not keys:
+                continue
+            for key in keys:
+                results.remove_result(key)
+            if list(results.get_all_result_keys()):
+                _save_through(results_dir, str(path.relative_to(results_dir)), results.save)
+            else:
+                path.unlink()
+            changed.append(path)
+        registry = _read_json(results_dir / "benchmarks.json", {"version": 2})
+        kept = {k: v for k, v in registry.items() if not k.startswith(prefix)}
+        if kept != registry:
+            _write_registry(results_dir, kept)
+    return changed
+
+
 def _write_registry(results_dir: Path, registry: dict) -> None:
     """benchmarks.json, formatted as asv writes it (so an `asv run` that changes nothing leaves it alone)."""
     registry = {**registry, "version": 2}
