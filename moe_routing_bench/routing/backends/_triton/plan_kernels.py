@@ -299,7 +299,7 @@ def gate_reference(weights_TK, kept_TK, valid_TK, renormalize_kept):
 # the router's blocks are small, so its histogram has more rows for the rank programs to read; the
 # tuner times both.
 PLAN_CONFIGS = [(256, 32, 4, False), (256, 64, 8, False), (256, 64, 8, True), (128, 128, 8, True),
-                (128, 64, 4, True), (64, 64, 4, True), (512, 64, 8, True)]
+                (128, 64, 4, True), (64, 64, 4, True), (512, 64, 8, True), (64, 32, 4, True), (64, 32, 2, True)]
 DEFAULT_PLAN_CONFIG = (1024, 256, 4, False, False) if INTERPRET else (256, 32, 4, False, False)  # same length: CPU tests see the GPU shape
 
 
