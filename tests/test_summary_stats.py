@@ -137,7 +137,8 @@ def test_export_labels_keep_experiments_apart(summary, tmp_path):
     assert labels[("top1", "seed (ours: balance_loss)")] == "top1 [seed (ours: balance_loss), recipe seed]"
     # the recipe flipped back to ours is named beside the older tool's semantics, and one router is
     # labelled the same way at every capacity factor
-    flipped = [{**r, "recipe": "ours", "run": r["run"] + "x"} for r in rows if r["router"] == "softk" and r["semantics"] == "seed"]
+    flipped = [{**r, "recipe": "ours", "run": r["run"] + "x"} for r in rows
+               if r["router"] == "softk" and r["semantics"] == "seed"]
     other_cf = [{**r, "capacity_factor": "1.25"} for r in rows if r["router"] == "softk"]  # no recipe flip here
     names = {(x["capacity_factor"], x["router"]) for x in summarize.export_rows(rows + flipped + other_cf)}
     assert {("1.0", "softk [seed, recipe ours]"), ("1.0", "softk [seed, recipe seed]"), ("1.0", "softk"),

@@ -50,8 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "train"]
 sys.path.insert(0, str(ROOT))
 
-KEY_COLUMNS = ["router", "semantics", "recipe", "variant", "num_experts", "top_k", "capacity_factor", "dim", "layers", "heads",
-               "expand", "seq_len", "batch_size", "world_size", "max_steps", "dtype", "backend", "compile"]
+KEY_COLUMNS = ["router", "semantics", "recipe", "variant", "num_experts", "top_k", "capacity_factor", "dim", "layers",
+               "heads", "expand", "seq_len", "batch_size", "world_size", "max_steps", "dtype", "backend", "compile"]
 # a comparison group: every key but these (top1 runs with k=1 are compared with k=2 routers)
 ROUTER_KEYS = ("router", "top_k")
 SEMANTICS_KEYS = ("semantics", "recipe")
@@ -406,15 +406,24 @@ def export_rows(rows: list[dict]) -> list[dict]:
     for members in groups.values():
         varying = [k for k in KEY_COLUMNS if k not in store_keys and len({str(m.get(k)) for m in members}) > 1]
         for r in members:
-            ours = r.get("semantics") == "ours"
             extra = [(f"recipe {r.get(k)}" if k == "recipe" else str(r.get(k))) if k in SEMANTICS_KEYS
-                     else f"{k}={r.get(k)}" for k in varying
-                     if not (r.get(k) == "ours" and (k == "semantics" or ours)) and not (k == "variant" and not r.get(k))]
+                     else f"{k}={r.get(k)}" for k in varying if _named(r, k)]
             for k in reversed(SEMANTICS_KEYS):  # a seed-preset sweep alone is still named
                 if k not in varying and r.get(k, "ours") != "ours":
                     extra.insert(0, f"recipe {r[k]}" if k == "recipe" else str(r[k]))
             out.append({**r, "router": f"{r['router']} [{', '.join(extra)}]" if extra else r["router"]})
     return out
+
+
+def _named(row: dict, key: str) -> bool:
+    """Whether an export label names `key`'s value: not our defaults (semantics ours, no variant), and
+    our recipe only beside the older tool's semantics."""
+    value = row.get(key)
+    if key == "variant":
+        return bool(value)
+    if key == "semantics" or (key == "recipe" and row.get("semantics") == "ours"):
+        return value != "ours"
+    return True
 
 
 def export(out: str | Path, rows: list[dict], results_dir: Path, machine: str | None, commit: str | None = None,
@@ -473,7 +482,8 @@ def markdown_table(rows: list[dict], metric: str = "final_val_ppl") -> str:
                                           r.get(metric) or 0)):
         m, sd, ci = r.get(metric), r.get(metric + "_std"), r.get(metric + "_ci95")
         interval = "-" if None in (m, ci) else f"[{m - ci:.3f}, {m + ci:.3f}]"
-        lines.append(f"| {r['semantics']} | {r['recipe']}{_variant(r)} | {r['max_steps']} | {r['router']} | {r['capacity_factor']} | "
+        lines.append(f"| {r['semantics']} | {r['recipe']}{_variant(r)} | {r['max_steps']} | {r['router']} | "
+                     f"{r['capacity_factor']} | "
                      f"{r['n_seeds']} | {_fmt(m, '.3f')} ± {_fmt(sd, '.3f')} | {interval} | "
                      f"{(r.get('tied_with') or '-').replace(';', ', ')} | {_fmt(r.get('mean_drop_rate'), '.3f')} | "
                      f"{_fmt(r.get('mean_load_cv'), '.3f')} | {_fmt(r.get('mean_load_cv_kept'), '.3f')} | "
