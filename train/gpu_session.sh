@@ -5,7 +5,7 @@
 #   bash train/gpu_session.sh graphs     # 1 GPU: every router, compiled default vs CUDA graphs (reduce-overhead),
 #                                        # timed alone; a CUDA-graph training run with eval, checkpoint, resume
 #   bash train/gpu_session.sh grids      # 1 GPU: issue 14's grids (train/README.md), resumable across
-#                                        # time-limited calls; GRIDS, RPG, DEADLINE, ROOT, EXTRA, MPS=1 (see the mode)
+#                                        # time-limited calls; GRIDS, RPG, RPG_LONG, DEADLINE, ROOT, EXTRA, MPS (see the mode)
 # Needs data/tinystories_val.txt (copy of the TinyStories validation split) and writes under $OUT.
 set -u
 MODE=${1:-validate}
@@ -170,11 +170,12 @@ if [ "$MODE" = grids ]; then
   ROOT=${ROOT:-results/train/h200/issue14/runs}
   WORK=${WORK:-runs/issue14}
   GRIDS=${GRIDS:-ours_b,seed_a_flips,ours_b_long}
-  RPG=${RPG:-8}          # runs at once: the 1200-step grids share ~1.3 M tokens/s whatever the number
-  RPG_LONG=${RPG_LONG:-1}  # the 4800-step runs: alone (2.1 M tokens/s) each fits a call
+  # runs at once, under the CUDA MPS daemon (the runs' kernels share the GPU instead of taking turns in
+  # time slices), one CPU thread each (sweep.py): 12 summed ~9 M tokens/s on an H200, one alone 2.1 M
+  RPG=${RPG:-12}; RPG_LONG=${RPG_LONG:-12}; MPS=${MPS:-1}
   DEADLINE=${DEADLINE:-540}
   mkdir -p $WORK && cp -rn $ROOT/. $WORK/
-  if [ "${MPS:-0}" = 1 ]; then  # CUDA MPS: the runs' kernels share the GPU instead of taking turns in time slices
+  if [ "$MPS" = 1 ]; then
     mkdir -p /tmp/mps /tmp/mps_log
     if CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log nvidia-cuda-mps-control -d; then
       export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
@@ -200,7 +201,7 @@ if [ "$MODE" = grids ]; then
     $PY train/sweep.py $A --data $DATA --compile --runs-per-gpu $R ${EXTRA:-} --deadline-s $left > $OUT/$grid.log 2>&1
     stamp "$grid rc=$?"; grep -E "^sweep:" $OUT/$grid.log
   done
-  [ "${MPS:-0}" = 1 ] && echo quit | nvidia-cuda-mps-control
+  [ "$MPS" = 1 ] && echo quit | nvidia-cuda-mps-control
   # finished runs only: a run cut off half-way would come back without the checkpoint it resumes from
   (cd $WORK && grep -l '"done": true' */*/train_log.jsonl | xargs -r -n1 dirname > /tmp/finished.txt)
   tar czf $OUT/grids.tar.gz --exclude='ckpt*' --exclude=.lock -C $WORK -T /tmp/finished.txt

@@ -319,6 +319,13 @@ def write_series(series: list[Series], results_dir: Path, machine: str, commit: 
     return path
 
 
+def check_group(group: str) -> str:
+    """An export group's name (`exported.<group>.*`): letters, digits and _, a letter first."""
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", group):
+        raise ValueError(f"export group {group!r}: letters, digits and _ only, a letter first")
+    return group
+
+
 def drop_export_group(results_dir: Path, group: str) -> list[Path]:
     """Remove every `exported.<group>.*` benchmark from the store: its registry entries (and the
     parameter values they collected) and its results in every file, deleting a file left empty.
@@ -326,8 +333,7 @@ def drop_export_group(results_dir: Path, group: str) -> list[Path]:
     changed."""
     from asv.results import Results
 
-    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", group):
-        raise ValueError(f"export group {group!r}: letters, digits and _ only, a letter first")
+    check_group(group)
     results_dir, prefix, changed = Path(results_dir), f"exported.{group}.", []
     with locked_store(results_dir):
         for path in sorted(results_dir.glob("*/*.json")):
@@ -420,8 +426,7 @@ def training_series(summary_csv: Path, group: str = "Training") -> list[Series]:
         rows = list(csv.DictReader(f))
     if not rows:
         raise ValueError(f"{summary_csv} has no rows")
-    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", group):
-        raise ValueError(f"export group {group!r}: letters, digits and _ only, a letter first")
+    check_group(group)
     missing = [c for c in (*TRAINING_PARAMS, "top_k") if c not in rows[0]]
     if missing:
         raise ValueError(f"{summary_csv} lacks the column(s) {', '.join(missing)}")
