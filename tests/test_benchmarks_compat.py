@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -74,3 +75,31 @@ def test_history_subset_keeps_only_the_main_gpu_shape_of_the_chosen_backends():
         ("torch", main, "uniform"), ("triton", main, "uniform")]
     everything = kept()
     assert len(everything) == 9 and {c[0] for c in everything} == {"torch", "compile", "triton"}  # 3 GPU shapes
+
+
+class _CountingBenchmark:
+    setups = calls = 0
+    warmup_time = 0.0
+    repeat = (3, 3, 5.0)
+
+    def setup(self):
+        type(self).setups += 1
+
+    def time_call(self):
+        type(self).calls += 1
+        time.sleep(1e-4)
+
+
+def test_asv_times_many_warm_calls_per_setup():
+    """The CPU time_* numbers are means over batches of calls on inputs built once (the history's
+    meaning). asv_runner 0.3 re-runs setup before every timed call (each sample one call on fresh
+    inputs, 2-5x slower and noisier); pyproject pins asv_runner below it."""
+    from asv_runner.benchmarks.time import TimeBenchmark
+
+    bench = _CountingBenchmark()
+    timer = TimeBenchmark("t._CountingBenchmark.time_call", bench.time_call,
+                          [bench.time_call, bench, sys.modules[__name__]])
+    timer.do_setup()
+    result = timer.run()
+    assert result["number"] > 1 and _CountingBenchmark.calls >= 10 * _CountingBenchmark.setups, \
+        (result["number"], _CountingBenchmark.calls, _CountingBenchmark.setups)

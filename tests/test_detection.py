@@ -28,7 +28,9 @@ def test_detection_plants_compares_and_counts_null_alarms_without_touching_this_
     (gate_row,) = [r for r in plant["gate"][0]["rows"] if r["key"].startswith("pack|torch|")]
     assert gate_row["ratio"] > 1.1  # a second pass over every packed row: the gate must see it
     assert plant["asv"] and all("bench_pack.Pack.time_pack" in r["benchmark"] for r in plant["asv"])
-    assert all(r["ratio"] > 1.0 for r in plant["asv"])
+    # asv gives one process per commit and shape; on a shared 2-vCPU VM one process in ~20 runs 2-4x
+    # slower (results/noise/cpu-amd-epyc-2c.json), so the planted 2.7-6x is asked of one shape only
+    assert max(r["ratio"] for r in plant["asv"]) > 1.5, plant["asv"]
     assert len(doc["nulls"]["gate"]) == 2 and len(doc["nulls"]["asv"]) == 2  # parent->null-1, null-1->null-2
     assert all(rows for rows in doc["nulls"]["asv"])  # each null pair compared something
     md = (out / "detection.md").read_text()

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Download, as wheels for the GPU machines (CPython 3.12, x86_64 manylinux, no network there), into
 # .whl/ at the repository root: everything `python3 dev.py setup` installs besides torch and what
-# a torch machine has (asv 0.6.6, virtualenv, json5, tabulate, the test tools, setuptools for the
-# editable install), with their dependencies.
+# a torch machine has (asv 0.6.6 with asv_runner below 0.3, virtualenv, json5, tabulate, the test
+# tools, setuptools for the editable install), with their dependencies.
 #
 #   bash tools/asv_wheelhouse.sh                 # asv==0.6.6 -> .whl/
 #   bash tools/asv_wheelhouse.sh pkg==1.2 ...    # extra requirements into the same wheelhouse
@@ -43,7 +43,7 @@ echo "+ $PY -m pip download $ASV_REQ $* (CPython $PYVER, manylinux x86_64) -> $W
     --platform manylinux2014_x86_64 \
     --platform manylinux_2_28_x86_64 \
     --platform any \
-    "$ASV_REQ" virtualenv json5 tabulate "pytest>=8" "pytest-benchmark>=5.2" "hypothesis>=6.100" \
+    "$ASV_REQ" "asv_runner>=0.2.1,<0.3" virtualenv json5 tabulate "pytest>=8" "pytest-benchmark>=5.2" "hypothesis>=6.100" \
     "setuptools>=64" wheel "$@"
 
 n=$(find "$WHEELHOUSE" -maxdepth 1 -name '*.whl' | wc -l)
