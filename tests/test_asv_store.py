@@ -197,7 +197,7 @@ def test_machine_keys_do_not_change_with_the_kernel_or_ram(monkeypatch):
     assert asv_store.machine_info() == first
     assert first["os"] == platform.system() and first["ram"] == ""
     assert first["machine"] == asv_store.default_machine_name(first["gpu"])
-    committed = json.loads((ROOT / "results/asv/cpu-amd-epyc-2c/machine.json").read_text())
+    committed = json.loads((ROOT / "results/asv/cpu-amd-epyc-2c-vm20261126/machine.json").read_text())
     assert committed["os"] == "Linux" and committed["ram"] == ""
 
 
