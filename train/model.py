@@ -38,6 +38,12 @@ from moe_routing_bench import MoEAux, MoEConfig, MoELayer, metrics
 DENSE = "dense"
 ROUTERS = mrb.STRATEGIES + (DENSE,)
 
+
+def seed_factors_changing(router: str) -> frozenset[str]:
+    """The older tool's factors that change what a model with `router` computes
+    (`mrb.seed_factors_changing`); none for the dense baseline, which routes nothing."""
+    return frozenset() if router == DENSE else mrb.seed_factors_changing(router)
+
 # Per-layer routing statistics returned by LossAndStats, in this column order.
 STAT_NAMES = (
     "balance_loss",      # the layer's, unscaled: Switch E * sum f_i P_i (1 = balanced), or with

@@ -497,7 +497,8 @@ def attribution_table(rows: list[dict], metric: str = "final_val_loss", level: f
     (the factors that matter to that router, `seed_factors_changing`, and the recipe), its difference
     from the preset in `metric` and Welch's p: which factor moves a router, and how much; then what
     the single flips add up to beside the row that flips them all (the rest is their interaction)."""
-    from moe_routing_bench import SEED_FACTORS, seed_factors_changing
+    from moe_routing_bench import SEED_FACTORS
+    from train.model import seed_factors_changing
 
     means = [r for r in rows if r["row_type"] == "mean" and r.get(metric) is not None]
     groups: dict[tuple, list[dict]] = {}
@@ -515,7 +516,7 @@ def attribution_table(rows: list[dict], metric: str = "final_val_loss", level: f
         every: list[str] = []  # the factors of the row that flips all of them (our semantics and recipe)
         for r in [base] + sorted((m for m in members if m is not base), key=lambda m: (m["semantics"], m["recipe"])):
             factors = set(filter(None, str(r.get("seed_semantics") or "").split("+")))
-            relevant = frozenset() if r["router"] == "dense" else seed_factors_changing(r["router"])
+            relevant = seed_factors_changing(r["router"])
             flipped = ([f for f in SEED_FACTORS if f not in factors and f in relevant]
                        + (["recipe"] if r["recipe"] != "seed" else []))
             if r is base:

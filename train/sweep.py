@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 import moe_routing_bench as mrb  # noqa: E402
 from train import config as C  # noqa: E402
 from train.checkpoint import LOG_NAME, RunLock  # noqa: E402
+from train.model import seed_factors_changing  # noqa: E402
 
 TRAIN = ROOT / "train" / "train.py"
 STATUS_NAME = "sweep_status.json"
@@ -163,7 +164,7 @@ def grid(opts: SweepOptions, base_semantics: tuple[str, ...] = ()) -> list[Point
                 elif router == "expert-choice" and any(_same_cf(c, "1.0") for c in cfs):
                     router_cfs = [c for c in cfs if c != "none"]  # expert-choice reads 'none' as 1.0
                 # one factor off at a time, for the routers it changes (the recipe changes every router)
-                changes = frozenset() if router == "dense" else mrb.seed_factors_changing(router)
+                changes = seed_factors_changing(router)
                 for flip in [None, *[f for f in flips if f == C.RECIPE_FACTOR or f in changes]]:
                     for cf in router_cfs:
                         for seed in [int(s) for s in _csv(opts.seeds)]:
