@@ -100,7 +100,7 @@ def test_roofline_writes_records_and_png(tmp_path):
     assert main(["roofline", "--device", "cpu", "--num-tokens", "64", "--hidden-dim", "32", "--num-experts", "8",
                  "--backend", "torch", "--iters", "2", "--out", str(out), "--png", str(png)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert {r["name"] for r in rows} == {"topk", "plan", "pack", "combine", "routing_path"}
+    assert {r["name"] for r in rows} == {"topk", "plan", "route_plan", "pack", "combine", "routing_path"}
     assert all("pct_of_copy" in r for r in rows if r["name"] in ("pack", "combine"))
     for r in rows:  # pack and combine carry the same stage's time on the stream workload
         if r["name"] in ("pack", "combine"):

@@ -475,7 +475,7 @@ def test_bench_stages_and_roofline_run_with_the_triton_backend(tmp_path):
 
     case = Case(96, 64, 12, 2, device=DEV, capacity_factor=1.0, layout="padded")
     recs = bench_stages(case, "triton", warmup=0, iters=1)
-    assert [r["name"] for r in recs] == ["topk", "plan", "pack", "combine", "routing_path"]
+    assert [r["name"] for r in recs] == ["topk", "plan", "route_plan", "pack", "combine", "routing_path"]
     roof = run_roofline([(64, 32, 8, 2)], backends=("torch", "triton"), device=DEV, iters=1, warmup=0,
                         copy_bytes_per_s=1e9)
     assert {r["backend"] for r in roof} == {"torch", "triton"}

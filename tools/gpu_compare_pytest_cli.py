@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--stage", default="routing_path", choices=["topk", "plan", "pack", "combine", "routing_path"])
+    ap.add_argument("--stage", default="routing_path", choices=["topk", "plan", "route_plan", "pack", "combine", "routing_path"])
     ap.add_argument("--backend", default="torch")
     ap.add_argument("--tolerance", type=float, default=0.10)
     args = ap.parse_args()

@@ -258,15 +258,18 @@ def targets(run: Run, copy: float) -> list[tuple[str, str, str]]:
             row(f"T{T} H{H} E{E} k{K} {st} >= {goal}% of copy",
                 f"{r['pct_of_copy']:.1f}% ({r['time_median_s'] * 1e6:.1f} us)" if r else "-",
                 None if not r else r["pct_of_copy"] >= goal)
+    # judged as the path runs them (route_plan: the plan reads the router's fresh outputs); the sum of the
+    # two timed apart, each after its own L2 flush and graph launch, is shown beside it
+    rp, rpe = stage("main", "route_plan", graph=True), stage("main", "route_plan")
     tk, pl = stage("main", "topk", graph=True), stage("main", "plan", graph=True)
-    tke, ple = stage("main", "topk"), stage("main", "plan")
-    if tk and pl:
-        s = (tk["time_median_s"] + pl["time_median_s"]) * 1e6
-        ev = f"; events {(tke['time_median_s'] + ple['time_median_s']) * 1e6:.1f}" if tke and ple else ""
-        row("main top-k + plan <= 20 us (graph replay)", f"{s:.1f} us ({tk['time_median_s'] * 1e6:.1f} + "
-            f"{pl['time_median_s'] * 1e6:.1f}){ev}", s <= 20)
+    if rp:
+        us = rp["time_median_s"] * 1e6
+        ev = f"; events {rpe['time_median_s'] * 1e6:.1f}" if rpe else ""
+        apart = (f"; timed apart {(tk['time_median_s'] + pl['time_median_s']) * 1e6:.1f} ({tk['time_median_s'] * 1e6:.1f}"
+                 f" + {pl['time_median_s'] * 1e6:.1f})" if tk and pl else "")
+        row("main top-k + plan <= 20 us (in sequence, graph replay)", f"{us:.1f} us{ev}{apart}", us <= 20)
     else:
-        row("main top-k + plan <= 20 us (graph replay)", "-", None)
+        row("main top-k + plan <= 20 us (in sequence, graph replay)", "-", None)
     path, pathg, pk = stage("main", "routing_path"), stage("main", "routing_path", graph=True), stage("main", "pack")
     if path and pk:
         floor = 2 * pk["bytes_per_token_strict"] * pk["num_tokens"] / copy

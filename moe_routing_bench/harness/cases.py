@@ -4,8 +4,9 @@ A `Case` fixes shapes, dtype, device, workload and routing options; `make_inputs
 seeded inputs; `stage_callables` returns one zero-argument callable per primitive with all
 allocation of inputs done before timing; `bench_stages` times them and returns records.
 
-Stages: `topk` (router: softmax + top-k + weights), `plan`, `pack`, `combine`, and
-`routing_path` (all four in sequence, the number to compare between backends).
+Stages: `topk` (router: softmax + top-k + weights), `plan`, `route_plan` (the two in sequence, as the
+path runs them: the plan reads the router's outputs from cache, right after they are written), `pack`,
+`combine`, and `routing_path` (all four in sequence, the number to compare between backends).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from ..routing.validation import ConfigError, check_capacity_factor, check_logit
 from ..routing.routers import canonical_strategy
 from .timing import Timing, measure
 
-STAGES = ("topk", "plan", "pack", "combine", "routing_path")
+STAGES = ("topk", "plan", "route_plan", "pack", "combine", "routing_path")
 
 # The benchmark shapes (DESIGN section 7), one table for the harness, tests and tools.
 # benchmarks/common.py keeps its own copy: asv runs it against commits that predate this table.
@@ -184,11 +185,15 @@ def stage_callables(backend: Backend, case: Case, inputs: Inputs) -> dict[str, C
     def combine():
         return backend.combine(packed, plan_)
 
+    def route_plan():
+        return backend.build_plan(backend.route(inputs.logits_TE, case.strategy, case.top_k, **route_kw), **plan_kw)
+
     def routing_path():
-        p = backend.build_plan(backend.route(inputs.logits_TE, case.strategy, case.top_k, **route_kw), **plan_kw)
+        p = route_plan()
         return backend.combine(backend.pack(inputs.x_TH, p), p)
 
-    return {"topk": topk, "plan": plan, "pack": pack, "combine": combine, "routing_path": routing_path}
+    return {"topk": topk, "plan": plan, "route_plan": route_plan, "pack": pack, "combine": combine,
+            "routing_path": routing_path}
 
 
 def stage_bytes(stage: str, case: Case) -> int | None:

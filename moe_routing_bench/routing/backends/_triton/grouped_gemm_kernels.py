@@ -33,14 +33,36 @@ ACT_NONE, ACT_GELU, ACT_GELU_BWD = 0, 1, 2
 
 
 @triton.jit
+def _normal_cdf(x):
+    """Phi(x) in float32 without libdevice erf, whose branches made the GELU kernels compute-bound on
+    an H200 (about 60% of copy). erfc(z) = t exp(Q(t) - z^2), t = 1 / (1 + z/2), z = |x|/sqrt(2) >= 0,
+    with Q a degree-10 least-squares fit of log(erfc(z) / t) + z^2 on [0, 10] (relative error 2.4e-8
+    in float64); evaluated in float32 the GELU is within 4e-7 absolute and 2e-5 relative of exact."""
+    z = tl.abs(x) * 0.7071067811865476
+    t = 1.0 / (1.0 + 0.5 * z)
+    q = -0.132203892
+    q = q * t + 0.918559075
+    q = q * t - 2.6603844
+    q = q * t + 4.06585853
+    q = q * t - 3.40774851
+    q = q * t + 1.58963713
+    q = q * t - 0.684851448
+    q = q * t + 0.219764388
+    q = q * t + 0.355312336
+    q = q * t + 1.00162749
+    q = q * t - 1.26557068
+    half_erfc = 0.5 * t * tl.exp(q - z * z)
+    return tl.where(x < 0, half_erfc, 1.0 - half_erfc)
+
+
+@triton.jit
 def _gelu(x):
-    return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+    return x * _normal_cdf(x)
 
 
 @triton.jit
 def _gelu_grad(x):
-    cdf = 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476))
-    return cdf + x * 0.3989422804014327 * tl.exp(-0.5 * x * x)
+    return _normal_cdf(x) + x * 0.3989422804014327 * tl.exp(-0.5 * x * x)
 
 
 @triton.jit
