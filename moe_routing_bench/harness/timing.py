@@ -147,11 +147,14 @@ def copy_bandwidth(device: torch.device | str, num_bytes: int | None = None, ite
     return 2 * src.numel() * 4 / t.median_s
 
 
-def matmul_flops(device: torch.device | str, dtype: torch.dtype = torch.bfloat16, n: int | None = None) -> float:
-    """Dense n x n x n matmul rate in FLOP/s, measured now (the compute ceiling for layer numbers)."""
+def matmul_flops(device: torch.device | str, dtype: torch.dtype = torch.bfloat16, n: int | None = None,
+                 warmup_s: float = 0.05) -> float:
+    """Dense n x n x n matmul rate in FLOP/s, measured now (the compute ceiling for layer numbers).
+    `warmup_s`: seconds of products before timing; a few seconds put a GPU at its power limit, where a
+    sustained workload runs (an H200 at 700 W: ~1500 MHz and 670 TFLOP/s, against 780 in a short burst)."""
     device = torch.device(device)
     n = n or (8192 if device.type == "cuda" else 512)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    t = measure(lambda: a @ b, device, warmup=3, iters=20, flush_l2=False)
+    t = measure(lambda: a @ b, device, warmup=3, iters=20, flush_l2=False, warmup_s=warmup_s)
     return 2 * n**3 / t.median_s
