@@ -24,10 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
+from moe_routing_bench.harness.cases import STAGES  # noqa: E402
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--stage", default="routing_path", choices=["topk", "plan", "route_plan", "pack", "combine", "routing_path"])
+    ap.add_argument("--stage", default="routing_path", choices=STAGES)
     ap.add_argument("--backend", default="torch")
     ap.add_argument("--tolerance", type=float, default=0.10)
     args = ap.parse_args()

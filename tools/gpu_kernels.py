@@ -20,8 +20,8 @@ below was checked). Steps:
    dispatch share (the router included, the expert MLPs' GEMMs and activation not) from a kernel profile.
    Each layer and a dense matmul right after it are timed after SUSTAIN_S seconds of running, at the
    card's power limit, where training runs (an H200 at 700 W drops from ~1980 to ~1500 MHz within a
-   second: run4_4a245b9/power17.jsonl); the targets compare that pair. The dense rate of step 1, a short burst
-   at boost clocks, is kept as `pct_of_dense_burst`;
+   second: run4_4a245b9/power17.jsonl); the targets compare that pair. The dense rate of step 1, a
+   short burst at boost clocks, is kept as `pct_of_dense_burst`;
 5. records.jsonl (each record names the launch configs that ran: `launch_configs`), roofline.png,
    summary.txt with every target MET / NOT MET (also printed last); tune/ holds the configs chosen.
 Sections run most important first (main-shape routing, the default-path layers, the other routing
@@ -228,7 +228,8 @@ def layer(run: Run, dense: float, name: str, variant: str, weight_dtype: torch.d
     })
     log(f"layer {name} {variant} w={rec['weight_dtype']}: fwd+bwd {fb.median_s * 1e3:.2f} ms, "
         f"{rec['tflops_fwd_bwd']:.0f} TFLOP/s = {rec['pct_of_dense']:.1f}% of dense at the power limit "
-        f"({rec['dense_mm_tflops']:.0f}; {rec['pct_of_dense_burst']:.1f}% of the burst rate); fwd {f.median_s * 1e3:.2f} ms; "
+        f"({rec['dense_mm_tflops']:.0f}; {rec['pct_of_dense_burst']:.1f}% of the burst rate); "
+        f"fwd {f.median_s * 1e3:.2f} ms; "
         f"non-GEMM share {100 * split['other_share']:.1f}% ({split['other_top'][:4]}); first call {tune_s:.1f} s")
     del lay, x, go
     if DEV == "cuda":
@@ -274,8 +275,8 @@ def targets(run: Run, copy: float) -> list[tuple[str, str, str]]:
     if rp:
         us = rp["time_median_s"] * 1e6
         ev = f"; events {rpe['time_median_s'] * 1e6:.1f}" if rpe else ""
-        apart = (f"; timed apart {(tk['time_median_s'] + pl['time_median_s']) * 1e6:.1f} ({tk['time_median_s'] * 1e6:.1f}"
-                 f" + {pl['time_median_s'] * 1e6:.1f})" if tk and pl else "")
+        apart = (f"; timed apart {(tk['time_median_s'] + pl['time_median_s']) * 1e6:.1f} "
+                 f"({tk['time_median_s'] * 1e6:.1f} + {pl['time_median_s'] * 1e6:.1f})" if tk and pl else "")
         row("main top-k + plan <= 20 us (in sequence, graph replay)", f"{us:.1f} us{ev}{apart}", us <= 20)
     else:
         row("main top-k + plan <= 20 us (in sequence, graph replay)", "-", None)
@@ -303,7 +304,8 @@ def targets(run: Run, copy: float) -> list[tuple[str, str, str]]:
             b = "".join(f"; {o['variant']} {o['pct_of_dense']:.1f}%" for o in others)
             row(f"{label} {wd} weights, {variant} >= {goal}% of dense ({kind})",
                 f"{r['pct_of_dense']:.1f}% ({r['tflops_fwd_bwd']:.0f} of {r['dense_mm_tflops']:.0f} TFLOP/s, "
-                f"{r['fwd_bwd_median_s'] * 1e3:.2f} ms; burst dense {r.get('pct_of_dense_burst', float('nan')):.1f}%){b}"
+                f"{r['fwd_bwd_median_s'] * 1e3:.2f} ms; {r.get('pct_of_dense_burst', float('nan')):.1f}% of the "
+                f"burst dense rate){b}"
                 if r else "-", None if not r else r["pct_of_dense"] >= goal)
         r = find(R, name="moe_layer_fwd_bwd", layer_shape=name, variant=DEFAULT_VARIANT, weight_dtype="bfloat16")
         row(f"{label} routing + dispatch <= 5% of layer kernel time ({DEFAULT_VARIANT})",

@@ -4,7 +4,8 @@
 `bench.bench_stages` (CUDA events and an L2 flush on a GPU, perf_counter on a CPU), against the
 device-to-device copy bandwidth measured in the same run (`timing.copy_bandwidth`). Pack, combine
 and the routing path carry strict bytes ((1+K)*H*b per token each), so they get `pct_of_copy`;
-top-k, plan and the two in sequence (`route_plan`) are latency-bound and are reported by time. `plot_roofline` draws both.
+top-k, plan and the two in sequence (`route_plan`) are latency-bound and are reported by time.
+`plot_roofline` draws both.
 
 The copy moves one byte written per byte read; pack writes K rows per row read, and on an H200 even an
 index-free kernel with that mix stays below the copy (94.5% at K=2, 89.6% at K=8). So pack and combine
@@ -94,8 +95,8 @@ def _label(rec: dict) -> str:
 def plot_roofline(records: Sequence[dict], png_path: str) -> str:
     """Bar chart (matplotlib Agg): % of copy per byte-moving primitive and backend, time annotated, with a
     black tick where the same stage on the `stream` workload reaches; a second panel per shape gives
-    top-k, plan and route_plan times. Cache-resident bars (`cases.is_cache_resident`) are hatched and labelled
-    `cache`: they are not bandwidth. Written atomically; returns the path."""
+    top-k, plan and route_plan times. Cache-resident bars (`cases.is_cache_resident`) are hatched and
+    labelled `cache`: they are not bandwidth. Written atomically; returns the path."""
     import matplotlib
 
     matplotlib.use("Agg")
