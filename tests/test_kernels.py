@@ -22,7 +22,7 @@ from moe_routing_bench.routing.validation import ConfigError  # noqa: E402
 from moe_routing_bench.routing.backends._triton import launch as _common
 from moe_routing_bench.routing.backends.triton_ops import triton_backend  # noqa: E402
 from moe_routing_bench.routing.backends._triton.pack_kernels import row_configs  # noqa: E402
-from moe_routing_bench.routing.backends._triton.plan_kernels import BLOCK_SCAN_CONFIGS, PLAN_CONFIGS  # noqa: E402
+from moe_routing_bench.routing.backends._triton.plan_kernels import PLAN_CONFIGS  # noqa: E402
 from moe_routing_bench.routing.backends._triton.topk_kernels import MODES, route_topk  # noqa: E402
 from moe_routing_bench.routing.backends._triton.topk_kernels import configs as topk_configs  # noqa: E402
 from moe_routing_bench.routing.backends.triton_ops import build_plan, combine, pack, route  # noqa: E402
@@ -482,23 +482,6 @@ def test_bench_stages_and_roofline_run_with_the_triton_backend(tmp_path):
     assert all("pct_of_copy" in r for r in roof if r["name"] in ("pack", "combine", "routing_path"))
     png = plot_roofline(roof, str(tmp_path / "roof.png"))
     assert os.path.getsize(png) > 1000
-
-
-@pytest.mark.parametrize("scan", [dict(BPP=1, BLOCK_NB=8, num_warps=1), dict(BPP=4, BLOCK_NB=2, num_warps=2),
-                                  dict(BPP=16, BLOCK_NB=64, num_warps=4)]
-                         + [pytest.param(dict(BPP=c.kwargs["BPP"], BLOCK_NB=64, num_warps=c.num_warps), marks=pytest.mark.gpu)
-                            for c in BLOCK_SCAN_CONFIGS])
-def test_plan_block_scan_configs_compute_the_reference(scan):
-    """The separate block scan's tuned configs: buckets per program, rows per tile (one tile for all
-    44 block rows, or a loop over tiles of 2 and 8)."""
-    from moe_routing_bench.routing.backends._triton import plan_kernels as kplan
-
-    r = routing_for("skewed", 700, 37, 3, seed=15)
-    kw = dict(capacity_factor=0.8, layout="ragged", renormalize_kept=False)
-    with _common.using(force_config={"plan_block_scan": scan}, poison="a"):
-        got = plan_mod.build_plan(r, **kw, impl=functools.partial(kplan.plan_tensors, config=(64, 32, 4, True)))
-    assert kplan._BSCAN.last["config"] == scan  # the forced config ran
-    assert_same_plan(got, plan_mod.build_plan(r, **kw))
 
 
 @pytest.mark.parametrize("cfg", [(64, 32, 4, True), (128, 64, 8, False), (64, 64, 4, False), (256, 32, 4, True)]

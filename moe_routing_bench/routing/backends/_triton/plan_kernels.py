@@ -291,8 +291,8 @@ def gate_reference(weights_TK, kept_TK, valid_TK, renormalize_kept):
 
 
 # Launch configs of the position-policy plan: (assignments per block, pairwise chunk, rank-kernel warps,
-# SCANNED: a separate parallel block scan (3 launches; its buckets per program and warps tuned on their
-# own, `BLOCK_SCAN_CONFIGS`) or each rank program summing the histograms itself (2 launches)). On a GPU with autotuning on, the first call per device and shape class times
+# SCANNED: a separate parallel block scan (3 launches) or each rank program summing the histograms
+# itself (2 launches)). On a GPU with autotuning on, the first call per device and shape class times
 # these (after checking each against the first), keeps the fastest in the tune cache; otherwise
 # DEFAULT_PLAN_CONFIG. `plan_tensors(..., config=...)` forces one. A 5th element says whether to read the
 # fused router's histogram (True, the default where it aligns) or count again at the plan's block size:
@@ -321,31 +321,8 @@ def _fixed(**cfg):
     return lambda args, meta: cfg
 
 
-def _block_scan_default(args, meta) -> dict:
-    nb, bins = args[3], meta["NUM_BINS"]
-    bpp = max(1, min(bins, 8192 // next_pow2(nb)))
-    return dict(BPP=bpp, BLOCK_NB=max(1, min(next_pow2(nb), 8192 // bpp)), num_warps=4)
-
-
-# Buckets per program and warps; BLOCK_NB (rows per tile) is set per shape by `_block_scan_prune`. The
-# default's 8192-value tiles leave 8 programs at E=128 and 512 histogram rows, each scanning 16 buckets.
-BLOCK_SCAN_CONFIGS = [triton.Config({"BPP": b, "BLOCK_NB": 1}, num_warps=w) for b in (1, 2, 4, 8, 16) for w in (1, 2, 4)]
-
-
-def _block_scan_prune(configs, named_args, **kwargs):
-    nb, bins = named_args["NB"], kwargs.get("NUM_BINS") or named_args.get("NUM_BINS")
-    keep = []
-    for c in configs:
-        bpp, warps = c.kwargs["BPP"], c.num_warps
-        block_nb = max(1, min(next_pow2(nb), 8192 // bpp))
-        if bpp <= bins and bpp * block_nb <= 2048 * warps:  # <= 64 values per thread
-            keep.append(triton.Config({"BPP": bpp, "BLOCK_NB": block_nb}, num_warps=warps))
-    return keep  # never empty: BPP 1 with 4 warps always fits
-
-
 _HIST = Launcher(_hist_kernel, _fixed(num_warps=4), name="plan_hist")
-_BSCAN = Launcher(_block_scan_kernel, _block_scan_default, BLOCK_SCAN_CONFIGS, key=("NUM_BINS",), bucket=("NB",),
-                  prune=_block_scan_prune, name="plan_block_scan")
+_BSCAN = Launcher(_block_scan_kernel, _fixed(num_warps=4), name="plan_block_scan")
 _RANK = {w: Launcher(_rank_kernel, _fixed(num_warps=w), name=f"plan_rank_w{w}") for w in (2, 4, 8)}  # a config's warps
 _SCAN = Launcher(_scan_kernel, _fixed(num_warps=4), name="plan_scan")
 _SCORE = Launcher(_score_kernel, _fixed(num_warps=4), name="plan_score")
@@ -378,7 +355,9 @@ def _position_plan(ids, valid, w, outs, T, K, E, C, R, has_valid, has_cap, padde
     off, totals, scratch = (rest[: NBH * NUM_BINS], rest[NBH * NUM_BINS: (NBH + 1) * NUM_BINS],
                             rest[(NBH + 1) * NUM_BINS:])
     if scanned:
-        _BSCAN(lambda c: (NUM_BINS // c["BPP"],), (hist, off, totals, NBH), dict(NUM_BINS=NUM_BINS))
+        bpp = max(1, min(NUM_BINS, 8192 // next_pow2(NBH)))
+        _BSCAN(lambda c: (NUM_BINS // bpp,), (hist, off, totals, NBH),
+               dict(NUM_BINS=NUM_BINS, BPP=bpp, BLOCK_NB=max(1, min(next_pow2(NBH), 8192 // bpp))))
     _RANK[warps](
         lambda c: (NB,), (ids, valid, w, hist, off, totals, scratch, counts, kept_counts, offsets, slot, kept_u8, row,
                           tok, gate, T, E, C, R, NBH),
