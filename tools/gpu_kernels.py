@@ -304,7 +304,7 @@ def targets(run: Run, copy: float) -> list[tuple[str, str, str]]:
             b = "".join(f"; {o['variant']} {o['pct_of_dense']:.1f}%" for o in others)
             row(f"{label} {wd} weights, {variant} >= {goal}% of dense ({kind})",
                 f"{r['pct_of_dense']:.1f}% ({r['tflops_fwd_bwd']:.0f} of {r['dense_mm_tflops']:.0f} TFLOP/s, "
-                f"{r['fwd_bwd_median_s'] * 1e3:.2f} ms; {r.get('pct_of_dense_burst', float('nan')):.1f}% of the "
+                f"{r['fwd_bwd_median_s'] * 1e3:.2f} ms; {r['pct_of_dense_burst']:.1f}% of the "
                 f"burst dense rate){b}"
                 if r else "-", None if not r else r["pct_of_dense"] >= goal)
         r = find(R, name="moe_layer_fwd_bwd", layer_shape=name, variant=DEFAULT_VARIANT, weight_dtype="bfloat16")
